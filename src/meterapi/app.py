@@ -1,0 +1,48 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from meterapi import __version__
+from meterapi.api import ops
+from meterapi.api.errors import install_error_handlers
+from meterapi.api.limits import BodySizeLimit
+from meterapi.config import Settings
+from meterapi.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. Settings are read from the environment only when none are given."""
+    settings = settings or Settings()
+    runtime = Runtime.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="meterapi",
+        version=__version__,
+        summary="A usage-billed API, metered into Stripe Billing Meters.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,91 @@
+"""Settings, read once from the environment (prefix ``METERAPI_``) and ``.env``, then passed in."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+STRIPE_API_BASE = "https://api.stripe.com"
+EMULATOR_KEY = "sk_test_emulator"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run safely; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="METERAPI_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./meterapi.db"
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = STRIPE_API_BASE
+    stripe_price_id: str | None = None
+    stripe_meter_event_name: str = "api_requests"
+    key_pepper: SecretStr | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    report_interval_s: float = Field(default=2.0, gt=0)
+    past_due_grace_s: int = Field(default=0, ge=0)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    key_cache_size: int = Field(default=100_000, gt=0)
+    key_cache_ttl_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("public_url", "stripe_api_base")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        # The Stripe SDK appends paths to its base addresses verbatim.
+        return value.rstrip("/")
+
+    @field_validator("stripe_secret_key")
+    @classmethod
+    def _known_key_kind(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+        ):
+            raise ValueError("must start with sk_test_, sk_live_, rk_test_ or rk_live_")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_that_go_together(self) -> Settings:
+        if self.stripe_secret_key is None:
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("METERAPI_STRIPE_WEBHOOK_SECRET", self.stripe_webhook_secret),
+                ("METERAPI_KEY_PEPPER", self.key_pepper),
+            )
+            if value is None or not value.get_secret_value()
+        ]
+        if missing:
+            raise ConfigError(
+                "a Stripe secret key is set, so these must be set too: " + ", ".join(missing)
+            )
+        return self
+
+    @property
+    def emulator_mode(self) -> bool:
+        """No Stripe key: run against the built-in Stripe emulator; no real money moves."""
+        return self.stripe_secret_key is None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def pepper_bytes(self) -> bytes:
+        """The key pepper; in emulator mode a fixed development pepper stands in for it."""
+        if self.key_pepper is not None:
+            return self.key_pepper.get_secret_value().encode()
+        return b"meterapi-development-pepper-not-for-production"

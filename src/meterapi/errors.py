@@ -1,0 +1,106 @@
+"""Domain errors: each carries its HTTP status and the stable code of CONTRACT §3."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status_code = 400
+    code = "bad_request"
+    message = "The request cannot be processed."
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or type(self).message
+        super().__init__(self.message)
+
+
+class MissingApiKey(DomainError):
+    status_code = 401
+    code = "missing_api_key"
+    message = "Send your API key in the X-API-Key header."
+    headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+
+
+class InvalidApiKey(DomainError):
+    status_code = 401
+    code = "invalid_api_key"
+    message = "The API key is not valid."
+    headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+
+
+class ApiKeyInQuery(DomainError):
+    status_code = 400
+    code = "api_key_in_query"
+    message = "API keys must not be sent in the query string; use the X-API-Key header."
+
+
+class AmbiguousApiKey(DomainError):
+    status_code = 400
+    code = "ambiguous_api_key"
+    message = "X-API-Key and Authorization: Bearer carry different keys; send one."
+
+
+class SubscriptionInactive(DomainError):
+    status_code = 402
+    code = "subscription_inactive"
+    message = "The subscription does not allow access; update your billing details."
+
+
+class RateLimited(DomainError):
+    status_code = 429
+    code = "rate_limited"
+    message = "Too many requests."
+
+
+class ValidationFailed(DomainError):
+    status_code = 422
+    code = "validation_error"
+    message = "The request is malformed."
+
+
+class NotFound(DomainError):
+    status_code = 404
+    code = "not_found"
+    message = "Not found."
+
+
+class MethodNotAllowed(DomainError):
+    status_code = 405
+    code = "method_not_allowed"
+    message = "Method not allowed."
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    code = "payload_too_large"
+    message = "The request body is too large."
+
+
+class CheckoutIncomplete(DomainError):
+    status_code = 402
+    code = "checkout_incomplete"
+    message = "The Checkout Session is not complete."
+
+
+class AlreadyClaimed(DomainError):
+    status_code = 409
+    code = "already_claimed"
+    message = "The key for this Checkout Session was already claimed."
+
+
+class LastActiveKey(DomainError):
+    status_code = 409
+    code = "last_active_key"
+    message = "This is your only active key; rotate it instead (grace_seconds: 0)."
+
+
+class InvalidSignature(DomainError):
+    status_code = 400
+    code = "invalid_signature"
+    message = "The Stripe-Signature header is missing, invalid or stale."
+
+
+class StripeUnavailable(DomainError):
+    status_code = 503
+    code = "stripe_unavailable"
+    message = "Stripe could not be reached; try again shortly."

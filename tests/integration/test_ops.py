@@ -1,0 +1,66 @@
+"""Operations endpoints and the one error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meterapi.app import create_app
+from tests.conftest import make_settings
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_when_database_answers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        "sqlite+aiosqlite:///{missing}/no/such/dir/x.db",
+    ],
+    ids=["postgres-port-closed", "sqlite-no-directory"],
+)
+async def test_readyz_is_503_when_database_does_not_answer(url: str, tmp_path: Path) -> None:
+    app = create_app(make_settings(url.format(missing=tmp_path)))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/readyz")
+            health = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert health.status_code == 200
+
+
+async def test_unknown_route_has_the_error_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/no/such/route")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert set(response.json()["error"]) == {"code", "message"}
+
+
+async def test_wrong_method_has_the_error_shape(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/healthz")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_oversized_body_is_413(db_url: str) -> None:
+    app = create_app(make_settings(db_url, max_body_bytes=16))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.post("/healthz", content=b"x" * 17)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"

@@ -1,0 +1,79 @@
+"""Settings: defaults per CONTRACT §2, and refusing to run with half the secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from meterapi.cli import main
+from meterapi.config import Settings
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_defaults_match_the_contract() -> None:
+    s = settings()
+    assert s.database_url == "sqlite+aiosqlite:///./meterapi.db"
+    assert s.stripe_secret_key is None and s.emulator_mode
+    assert s.stripe_meter_event_name == "api_requests"
+    assert s.public_url == "http://127.0.0.1:8000"
+    assert s.report_interval_s == 2
+    assert s.past_due_grace_s == 0
+    assert s.cors_origins == []
+
+
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [
+        ({"stripe_webhook_secret": "whsec_1"}, ["METERAPI_KEY_PEPPER"]),
+        ({"key_pepper": "pepper"}, ["METERAPI_STRIPE_WEBHOOK_SECRET"]),
+        ({}, ["METERAPI_STRIPE_WEBHOOK_SECRET", "METERAPI_KEY_PEPPER"]),
+    ],
+)
+def test_a_stripe_key_needs_webhook_secret_and_pepper(
+    values: dict[str, str], missing: list[str]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(stripe_secret_key="sk_test_abc", **values)
+    for name in missing:
+        assert name in str(caught.value)
+
+
+def test_complete_stripe_settings_are_accepted() -> None:
+    s = settings(stripe_secret_key="sk_live_abc", stripe_webhook_secret="whsec_1", key_pepper="p")
+    assert not s.emulator_mode
+
+
+def test_unknown_key_kind_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        settings(stripe_secret_key="pk_test_abc")
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    s = settings(
+        stripe_secret_key="sk_test_supersecret",
+        stripe_webhook_secret="whsec_x1",
+        key_pepper="pepper-value",
+    )
+    shown = repr(s) + str(s)
+    assert "supersecret" not in shown and "whsec_x1" not in shown and "pepper-value" not in shown
+
+
+def test_cors_origins_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERAPI_CORS_ORIGINS", "https://a.example, https://b.example")
+    assert settings().cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_cli_refuses_to_start_and_names_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METERAPI_STRIPE_SECRET_KEY", "sk_test_topsecret")
+    monkeypatch.chdir("/")
+    assert main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert "METERAPI_STRIPE_WEBHOOK_SECRET" in err and "METERAPI_KEY_PEPPER" in err
+    assert "topsecret" not in err

@@ -1,0 +1,104 @@
+"""Imports go one way (STYLE.md): cli → app → api, dashboard → metering → billing → keys →
+models, db → config, errors. Domain packages never import the web framework."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "meterapi"
+
+# Higher ranks may import lower (or equal) ranks only.
+RANKS = {
+    "config": 0,
+    "errors": 0,
+    "db": 1,
+    "models": 1,
+    "migrations": 1,
+    "keys": 2,
+    "billing": 3,
+    "metering": 4,
+    "runtime": 5,
+    "api": 6,
+    "dashboard": 6,
+    "app": 7,
+    "cli": 8,
+}
+DOMAIN = {"keys", "billing", "metering"}
+WEB_FRAMEWORKS = {"fastapi", "starlette"}
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 1 else ""
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return found
+
+
+def _modules() -> list[tuple[str, Path]]:
+    return [
+        ("meterapi." + ".".join(p.relative_to(SRC).with_suffix("").parts), p)
+        for p in SRC.rglob("*.py")
+    ]
+
+
+def test_every_room_has_a_rank() -> None:
+    rooms = {_room(name) for name, _ in _modules()} - {"__init__", "__main__", "stripe_emulator"}
+    assert rooms <= set(RANKS), rooms - set(RANKS)
+
+
+def test_imports_point_down() -> None:
+    wrong = []
+    for name, path in _modules():
+        room = _room(name)
+        for target in _imports(path):
+            if not target.startswith("meterapi."):
+                continue
+            target_room = _room(target)
+            if target_room == "stripe_emulator":
+                if room not in {"cli", "app", "stripe_emulator"}:
+                    wrong.append(f"{name} imports {target}")
+                continue
+            if room == "stripe_emulator":
+                wrong.append(f"{name} imports {target}: the emulator stands alone")
+                continue
+            if room in RANKS and target_room in RANKS and RANKS[target_room] > RANKS[room]:
+                wrong.append(f"{name} imports {target}")
+    assert wrong == []
+
+
+def test_domain_packages_do_not_import_the_web_framework() -> None:
+    wrong = [
+        f"{name} imports {target}"
+        for name, path in _modules()
+        if _room(name) in DOMAIN
+        for target in _imports(path)
+        if target.split(".")[0] in WEB_FRAMEWORKS or target.startswith("meterapi.api")
+    ]
+    assert wrong == []
+
+
+def test_only_the_gateway_imports_stripe() -> None:
+    allowed = {"meterapi.billing.gateway"}
+    wrong = [
+        name
+        for name, path in _modules()
+        if _room(name) != "stripe_emulator"
+        and name not in allowed
+        and any(t.split(".")[0] == "stripe" for t in _imports(path))
+    ]
+    assert wrong == []
+
+
+def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from meterapi.api.deps import SessionDep\nimport fastapi\n")
+    assert _imports(bad) == ["meterapi.api.deps", "fastapi"]
