@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "meterapi"
 # Higher ranks may import lower (or equal) ranks only.
 RANKS = {
     "config": 0,
+    "metrics": 0,
     "errors": 0,
     "db": 1,
     "models": 1,

@@ -1,0 +1,1 @@
+"""Everything that talks to Stripe: the gateway, Checkout, and the webhook inbox."""

@@ -1,0 +1,212 @@
+"""The one door to Stripe: the only module that imports ``stripe``.
+
+Everything else asks this gateway and gets plain values or ``DomainError``s back, so the rest of
+the service never depends on the SDK's types, and the emulator or real Stripe sit behind one URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import stripe
+
+from meterapi.config import EMULATOR_KEY, Settings
+from meterapi.errors import InvalidSignature, StripeUnavailable
+
+log = logging.getLogger(__name__)
+
+PRICE_LOOKUP_KEY = "meterapi_metered_requests"
+WEBHOOK_TOLERANCE_S = 300
+# The emulator signs with this secret when the operator configured none.
+EMULATOR_WEBHOOK_SECRET = "whsec_meterapi_emulator_development_only"  # noqa: S105 (public by design)
+
+
+class Delivery(StrEnum):
+    """What became of one meter event."""
+
+    ACCEPTED = "accepted"  # Stripe answered 2xx
+    DUPLICATE = "duplicate"  # Stripe already holds this identifier: the event counts once
+    RETRY = "retry"  # 5xx, 429, timeout, connection or auth trouble: send the same event again
+    REJECTED = "rejected"  # a validation error: sending it again cannot succeed
+
+
+@dataclass(frozen=True)
+class MeterEventResult:
+    delivery: Delivery
+    reason: str | None = None
+
+
+def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
+    # Stripe refuses a repeated identifier with 400; the code is not documented, the message is.
+    return exc.code == "duplicate_meter_event" or "already exists with identifier" in str(
+        exc.user_message or exc
+    )
+
+
+def _reason(exc: stripe.StripeError) -> str:
+    status = exc.http_status or "network"
+    message = (exc.user_message or type(exc).__name__)[:300]
+    return f"{type(exc).__name__} ({status}): {message}"
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
+        key = (
+            settings.stripe_secret_key.get_secret_value()
+            if settings.stripe_secret_key is not None
+            else EMULATOR_KEY
+        )
+        self.settings = settings
+        self._http = stripe.HTTPXClient(timeout=timeout_s)
+        base = settings.stripe_api_base
+        self._client = stripe.StripeClient(
+            key,
+            http_client=self._http,
+            base_addresses={"api": base, "meter_events": base},
+            max_network_retries=2,
+        )
+        secret = settings.stripe_webhook_secret
+        self.webhook_secret = (
+            secret.get_secret_value() if secret is not None else EMULATOR_WEBHOOK_SECRET
+        )
+
+    def __repr__(self) -> str:
+        return f"StripeGateway(api_base={self.settings.stripe_api_base!r})"
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    # -- usage ------------------------------------------------------------------------------
+
+    async def send_meter_event(
+        self, *, identifier: str, stripe_customer_id: str, value: int, timestamp: datetime
+    ) -> MeterEventResult:
+        """Send one meter event once (the reporter owns retries and their backoff)."""
+        params: dict[str, Any] = {
+            "event_name": self.settings.stripe_meter_event_name,
+            "identifier": identifier,
+            "timestamp": int(timestamp.timestamp()),
+            "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
+        }
+        try:
+            await self._client.v1.billing.meter_events.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": identifier, "max_network_retries": 0},
+            )
+        except stripe.InvalidRequestError as exc:
+            if _is_duplicate_identifier(exc):
+                return MeterEventResult(Delivery.DUPLICATE)
+            if exc.http_status == 409:
+                return MeterEventResult(Delivery.RETRY, _reason(exc))
+            return MeterEventResult(Delivery.REJECTED, _reason(exc))
+        except stripe.IdempotencyError as exc:
+            return MeterEventResult(Delivery.REJECTED, _reason(exc))
+        except stripe.StripeError as exc:
+            # APIError (5xx), RateLimitError (429), APIConnectionError (timeouts, resets), and
+            # authentication trouble an operator can fix: all worth sending again later.
+            return MeterEventResult(Delivery.RETRY, _reason(exc))
+        return MeterEventResult(Delivery.ACCEPTED)
+
+    async def meter_event_total(
+        self, *, meter_id: str, stripe_customer_id: str, start: datetime, end: datetime
+    ) -> int:
+        """Stripe's summed value for a customer over [start, end), bounds on whole minutes."""
+        summaries = await self._client.v1.billing.meters.event_summaries.list_async(
+            meter_id,
+            params={
+                "customer": stripe_customer_id,
+                "start_time": int(start.timestamp()) // 60 * 60,
+                "end_time": -(-int(end.timestamp()) // 60) * 60,
+            },
+        )
+        return int(sum(s.aggregated_value for s in summaries.data))
+
+    async def upcoming_invoice(
+        self, *, stripe_customer_id: str, subscription_id: str | None
+    ) -> dict[str, Any]:
+        """The invoice Stripe would issue next (``create_preview``), as a plain dict."""
+        params: dict[str, Any] = {"customer": stripe_customer_id}
+        if subscription_id:
+            params["subscription"] = subscription_id
+        try:
+            invoice = await self._client.v1.invoices.create_preview_async(params=params)  # type: ignore[arg-type]
+        except stripe.StripeError as exc:
+            raise StripeUnavailable(_reason(exc)) from exc
+        return invoice.to_dict()
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def verify_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        """Check ``Stripe-Signature`` over the raw body; return the event as a plain dict."""
+        if not signature:
+            raise InvalidSignature("The Stripe-Signature header is missing.")
+        try:
+            event = self._client.construct_event(
+                payload, signature, self.webhook_secret, tolerance=WEBHOOK_TOLERANCE_S
+            )
+        except stripe.SignatureVerificationError as exc:
+            raise InvalidSignature("The Stripe-Signature header does not verify.") from exc
+        except ValueError as exc:
+            raise InvalidSignature("The webhook body is not a Stripe event.") from exc
+        return event.to_dict()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    async def ensure_metered_price(
+        self, *, unit_amount_decimal: str = "1", currency: str = "usd"
+    ) -> tuple[str, str]:
+        """Find or create the meter, product and metered price; return (meter id, price id)."""
+        event_name = self.settings.stripe_meter_event_name
+        meters = await self._client.v1.billing.meters.list_async(params={"limit": 100})
+        meter = next(
+            (m for m in meters.data if m.event_name == event_name and m.status == "active"), None
+        )
+        if meter is None:
+            meter = await self._client.v1.billing.meters.create_async(
+                params={
+                    "display_name": "API requests",
+                    "event_name": event_name,
+                    "default_aggregation": {"formula": "sum"},
+                    "customer_mapping": {
+                        "type": "by_id",
+                        "event_payload_key": "stripe_customer_id",
+                    },
+                    "value_settings": {"event_payload_key": "value"},
+                }
+            )
+        prices = await self._client.v1.prices.list_async(
+            params={"lookup_keys": [PRICE_LOOKUP_KEY], "active": True, "limit": 10}
+        )
+        price = next(
+            (
+                p
+                for p in prices.data
+                if p.lookup_key == PRICE_LOOKUP_KEY
+                and p.recurring is not None
+                and p.recurring.meter == meter.id
+            ),
+            None,
+        )
+        if price is None:
+            product = await self._client.v1.products.create_async(
+                params={"name": "API access", "metadata": {"managed_by": "meterapi"}}
+            )
+            price = await self._client.v1.prices.create_async(
+                params={
+                    "currency": currency,
+                    "product": product.id,
+                    "unit_amount_decimal": Decimal(unit_amount_decimal),
+                    "lookup_key": PRICE_LOOKUP_KEY,
+                    "recurring": {
+                        "interval": "month",
+                        "usage_type": "metered",
+                        "meter": meter.id,
+                    },
+                }
+            )
+        return meter.id, price.id

@@ -1,0 +1,274 @@
+"""Exactly-once reporting of the ledger to Stripe Billing Meters.
+
+A cycle has two steps, each safe to run in any number of processes at once:
+
+1. **Claim.** In one transaction, unreported ledger rows are locked (``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL; SQLite has a single writer), grouped per customer and UTC minute, and each group
+   becomes a ``usage_report`` row whose meter-event ``identifier`` is derived from the rows it
+   holds. The rows point at their report. Nothing is sent yet, so a crash here loses nothing and
+   sends nothing.
+2. **Send.** Due reports are leased (their next attempt pushed past the send timeout) and sent
+   with their stored identifier. Stripe's 2xx, or its "an event already exists with identifier"
+   answer, marks a report sent; 5xx, 429, timeouts and connection errors reschedule it with
+   exponential backoff and jitter, re-sending the same identifier; a validation error parks it.
+
+Stripe dedupes identifiers for at least 24 hours. A report that may have reached Stripe (it was
+attempted) and is older than ``SAFE_RESEND_AGE`` is therefore never re-sent blindly: it is parked
+for reconciliation and counted in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from meterapi.billing.gateway import Delivery, MeterEventResult, StripeGateway
+from meterapi.db import Sessionmaker
+from meterapi.metrics import Metrics
+from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport, utcnow
+
+log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 20_000
+SEND_BATCH = 100
+SEND_LEASE = timedelta(seconds=60)
+SAFE_RESEND_AGE = timedelta(hours=20)
+MAX_BACKOFF_S = 300.0
+
+
+def backoff_s(attempts: int) -> float:
+    """Exponential backoff with full jitter between half and all of the step."""
+    step = min(MAX_BACKOFF_S, 2.0 ** max(attempts - 1, 0))
+    return step * random.uniform(0.5, 1.0)
+
+
+def make_identifier(stripe_customer_id: str, usage_ids: list[int]) -> str:
+    """The same rows always yield the same identifier; different rows never share one."""
+    digest = hashlib.sha256(
+        (stripe_customer_id + ":" + ",".join(map(str, sorted(usage_ids)))).encode()
+    ).hexdigest()
+    return f"mapi_{digest[:40]}"
+
+
+@dataclass
+class CycleResult:
+    claimed_rows: int = 0
+    reports_created: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+async def claim_unreported(
+    session: AsyncSession, *, event_name: str, now: datetime, limit: int = CLAIM_BATCH
+) -> tuple[int, int]:
+    """Turn unreported ledger rows into pending reports; return (rows claimed, reports made)."""
+    query = (
+        select(UsageEvent.id, UsageEvent.customer_id, UsageEvent.units, UsageEvent.occurred_at)
+        .where(UsageEvent.report_id.is_(None))  # type: ignore[union-attr]
+        .order_by(UsageEvent.id)  # type: ignore[arg-type]
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (await session.exec(query)).all()
+    if not rows:
+        return 0, 0
+    groups: dict[tuple[int, datetime], list[tuple[int, int, datetime]]] = defaultdict(list)
+    for usage_id, customer_id, units, occurred_at in rows:
+        assert usage_id is not None
+        minute = occurred_at.replace(second=0, microsecond=0)
+        groups[(customer_id, minute)].append((usage_id, units, occurred_at))
+    customer_ids = {customer_id for customer_id, _ in groups}
+    stripe_ids = dict(
+        (
+            await session.exec(
+                select(col(Customer.id), Customer.stripe_customer_id).where(
+                    col(Customer.id).in_(customer_ids)
+                )
+            )
+        ).all()
+    )
+    for (customer_id, _minute), members in groups.items():
+        usage_ids = [m[0] for m in members]
+        stripe_customer_id = stripe_ids[customer_id]
+        report = UsageReport(
+            identifier=make_identifier(stripe_customer_id, usage_ids),
+            customer_id=customer_id,
+            stripe_customer_id=stripe_customer_id,
+            event_name=event_name,
+            value=sum(m[1] for m in members),
+            # The latest moment in the group, so no unit is dated before it happened.
+            event_at=min(max(m[2] for m in members), now),
+            next_attempt_at=now,
+            created_at=now,
+        )
+        session.add(report)
+        await session.flush()
+        await session.execute(
+            update(UsageEvent).where(col(UsageEvent.id).in_(usage_ids)).values(report_id=report.id)
+        )
+    return len(rows), len(groups)
+
+
+async def lease_due(session: AsyncSession, *, now: datetime) -> list[UsageReport]:
+    """Pick pending reports whose time has come and push their next attempt past the send."""
+    query = (
+        select(UsageReport)
+        .where(
+            col(UsageReport.status) == ReportStatus.PENDING,
+            col(UsageReport.next_attempt_at) <= now,
+        )
+        .order_by(col(UsageReport.id))
+        .limit(SEND_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    reports = list((await session.exec(query)).all())
+    for report in reports:
+        report.next_attempt_at = now + SEND_LEASE
+        report.attempts += 1
+    await session.flush()
+    return reports
+
+
+class Reporter:
+    """Runs cycles in the background; woken by new usage, at most once per interval."""
+
+    def __init__(
+        self,
+        sessionmaker: Sessionmaker,
+        gateway: StripeGateway,
+        *,
+        interval_s: float,
+        event_name: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._gateway = gateway
+        self._interval_s = interval_s
+        self._event_name = event_name
+        self._metrics = metrics or Metrics()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="meterapi-reporter")
+
+    async def stop(self, *, flush_timeout_s: float = 10.0) -> None:
+        """Stop the loop, then make one last bounded attempt to send what is pending."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            async with asyncio.timeout(flush_timeout_s):
+                await self.run_cycle()
+        except Exception as exc:  # the ledger keeps it; the next start sends it
+            log.warning("final usage flush incomplete: %s", type(exc).__name__)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._wakeup.wait()
+            # Let a burst of requests gather into one meter event per customer and window.
+            wait = last + self._interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._wakeup.clear()
+            last = loop.time()
+            try:
+                await self.run_cycle()
+            except Exception as exc:
+                log.error("usage report cycle failed: %s: %s", type(exc).__name__, exc)
+
+    async def run_cycle(self, *, now: datetime | None = None) -> CycleResult:
+        """Claim new usage and send every due report once."""
+        async with self._lock:
+            result = CycleResult()
+            now = now or utcnow()
+            async with self._sessionmaker() as session:
+                result.claimed_rows, result.reports_created = await claim_unreported(
+                    session, event_name=self._event_name, now=now
+                )
+                await session.commit()
+            while True:
+                async with self._sessionmaker() as session:
+                    due = await lease_due(session, now=now)
+                    await session.commit()
+                if not due:
+                    return result
+                outcomes = await asyncio.gather(*(self._send(r, now=now) for r in due))
+                async with self._sessionmaker() as session:
+                    for report, outcome in zip(due, outcomes, strict=True):
+                        session.add(self._settle(report, outcome, now=utcnow()))
+                        result.outcomes[outcome.delivery] += 1
+                    await session.commit()
+                if len(due) < SEND_BATCH:
+                    return result
+
+    async def _send(self, report: UsageReport, *, now: datetime) -> MeterEventResult:
+        if report.attempts > 1 and now - report.created_at > SAFE_RESEND_AGE:
+            return MeterEventResult(
+                Delivery.REJECTED,
+                "older than Stripe's identifier dedupe window and possibly delivered; "
+                "reconcile against the meter's event summaries before re-sending",
+            )
+        return await self._gateway.send_meter_event(
+            identifier=report.identifier,
+            stripe_customer_id=report.stripe_customer_id,
+            value=report.value,
+            timestamp=report.event_at,
+        )
+
+    def _settle(
+        self, report: UsageReport, outcome: MeterEventResult, *, now: datetime
+    ) -> UsageReport:
+        report.last_error = outcome.reason
+        if outcome.delivery in (Delivery.ACCEPTED, Delivery.DUPLICATE):
+            report.status = ReportStatus.SENT
+            report.sent_at = now
+            self._metrics.reports_sent.inc()
+        elif outcome.delivery is Delivery.RETRY:
+            report.next_attempt_at = now + timedelta(seconds=backoff_s(report.attempts))
+            self._metrics.reports_failed.inc()
+            log.warning("meter event %s will be retried: %s", report.identifier, outcome.reason)
+        else:
+            report.status = ReportStatus.PARKED
+            self._metrics.reports_parked.inc()
+            log.error("meter event %s parked: %s", report.identifier, outcome.reason)
+        return report
+
+
+async def pending_stats(session: AsyncSession, *, now: datetime) -> tuple[int, float, int]:
+    """(units not yet acknowledged, age in seconds of the oldest, parked reports)."""
+    unsent = (
+        select(
+            func.coalesce(func.sum(UsageEvent.units), 0),
+            func.min(UsageEvent.occurred_at),
+        )
+        .select_from(UsageEvent)
+        .outerjoin(UsageReport, col(UsageEvent.report_id) == col(UsageReport.id))
+        .where(col(UsageEvent.report_id).is_(None) | (col(UsageReport.status) != ReportStatus.SENT))
+    )
+    units, oldest = (await session.exec(unsent)).one()
+    parked = await session.scalar(
+        select(func.count()).where(col(UsageReport.status) == ReportStatus.PARKED)
+    )
+    age = (now - oldest).total_seconds() if oldest is not None else 0.0
+    return int(units), max(age, 0.0), int(parked or 0)

@@ -1,0 +1,124 @@
+"""What a customer has used this period, from the ledger, and what Stripe will invoice for it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, cast, func
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from meterapi.billing.gateway import StripeGateway
+from meterapi.errors import StripeUnavailable
+from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport
+
+log = logging.getLogger(__name__)
+
+INVOICE_CACHE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    period: Period
+    units: int
+    reported_units: int
+    by_day: list[tuple[date, int]]
+
+    @property
+    def pending_units(self) -> int:
+        return self.units - self.reported_units
+
+
+def current_period(customer: Customer, now: datetime) -> Period:
+    """The subscription item's period as Stripe last told us; else the calendar month (UTC)."""
+    start, end = customer.current_period_start, customer.current_period_end
+    if start is not None and end is not None and start <= now < end:
+        return Period(start, end)
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (month_start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return Period(month_start, next_month)
+
+
+def _utc_day(session: AsyncSession) -> ColumnElement[Any]:
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return cast(func.timezone("UTC", col(UsageEvent.occurred_at)), Date)
+    # SQLite keeps UTC text; date() takes its first ten characters' worth.
+    return func.date(col(UsageEvent.occurred_at))
+
+
+async def usage_totals(session: AsyncSession, *, customer: Customer, now: datetime) -> UsageTotals:
+    assert customer.id is not None
+    period = current_period(customer, now)
+    in_period = (
+        col(UsageEvent.customer_id) == customer.id,
+        col(UsageEvent.occurred_at) >= period.start,
+        col(UsageEvent.occurred_at) < period.end,
+    )
+    units = await session.scalar(
+        select(func.coalesce(func.sum(UsageEvent.units), 0)).where(*in_period)
+    )
+    reported = await session.scalar(
+        select(func.coalesce(func.sum(UsageEvent.units), 0))
+        .join(UsageReport, col(UsageEvent.report_id) == col(UsageReport.id))
+        .where(*in_period, col(UsageReport.status) == ReportStatus.SENT)
+    )
+    day = _utc_day(session)
+    rows = (
+        await session.exec(
+            select(day, func.sum(UsageEvent.units)).where(*in_period).group_by(day).order_by(day)
+        )
+    ).all()
+    by_day = [(d if isinstance(d, date) else date.fromisoformat(str(d)), int(n)) for d, n in rows]
+    return UsageTotals(period, int(units or 0), int(reported or 0), by_day)
+
+
+class InvoicePreviews:
+    """Stripe's upcoming invoice per customer, cached briefly: the dashboard polls it."""
+
+    def __init__(self, gateway: StripeGateway, *, ttl_s: float = INVOICE_CACHE_S) -> None:
+        self._gateway = gateway
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def get(self, customer: Customer) -> dict[str, Any] | None:
+        """The preview, or None when Stripe cannot answer now (the caller says so)."""
+        cached = self._cache.get(customer.stripe_customer_id)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
+            return cached[1]
+        try:
+            invoice = await self._gateway.upcoming_invoice(
+                stripe_customer_id=customer.stripe_customer_id,
+                subscription_id=customer.subscription_id,
+            )
+        except StripeUnavailable as exc:
+            log.warning("invoice preview unavailable: %s", exc.message)
+            return None
+        preview = {
+            "amount_due": invoice.get("amount_due", 0),
+            "currency": invoice.get("currency"),
+            "total": invoice.get("total", 0),
+            "lines": [
+                {
+                    "description": line.get("description"),
+                    "quantity": line.get("quantity"),
+                    "amount": line.get("amount"),
+                    "period": line.get("period"),
+                }
+                for line in (invoice.get("lines") or {}).get("data", [])
+            ],
+        }
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[customer.stripe_customer_id] = (time.monotonic(), preview)
+        return preview
