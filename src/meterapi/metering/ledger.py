@@ -104,7 +104,7 @@ class UsageRecorder:
         ]
         try:
             async with self._sessionmaker() as session:
-                await session.execute(insert(UsageEvent), rows)
+                await session.exec(insert(UsageEvent), params=rows)
                 await session.commit()
         except Exception as exc:
             log.error("usage batch of %d rows not committed: %s", len(rows), type(exc).__name__)

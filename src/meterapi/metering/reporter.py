@@ -112,7 +112,7 @@ async def claim_unreported(
         )
         session.add(report)
         await session.flush()
-        await session.execute(
+        await session.exec(
             update(UsageEvent).where(col(UsageEvent.id).in_(usage_ids)).values(report_id=report.id)
         )
     return len(rows), len(groups)

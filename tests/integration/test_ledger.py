@@ -1,0 +1,153 @@
+"""The ledger's group commit, and the reporter's claim step, on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func
+from sqlmodel import col, select
+
+from meterapi.db import Sessionmaker
+from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
+from meterapi.metering.reporter import claim_unreported, make_identifier
+from meterapi.models import Customer, UsageEvent, UsageReport
+
+
+async def add_customer(sessionmaker: Sessionmaker, stripe_id: str = "cus_A") -> int:
+    async with sessionmaker() as session:
+        customer = Customer(stripe_customer_id=stripe_id, subscription_status="active")
+        session.add(customer)
+        await session.commit()
+        assert customer.id is not None
+        return customer.id
+
+
+def count_commits(sessionmaker: Sessionmaker) -> list[int]:
+    commits = [0]
+    engine = sessionmaker.kw["bind"].sync_engine
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(_conn: Any) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+async def test_concurrent_records_share_commits(sessionmaker: Sessionmaker) -> None:
+    customer_id = await add_customer(sessionmaker)
+    commits = count_commits(sessionmaker)
+    recorder = UsageRecorder(sessionmaker)
+    recorder.start()
+    await asyncio.gather(
+        *(
+            recorder.record(customer_id=customer_id, api_key_id="key_1", route="/v1/data", units=1)
+            for _ in range(300)
+        )
+    )
+    await recorder.stop()
+    async with sessionmaker() as session:
+        total = await session.scalar(select(func.sum(UsageEvent.units)))
+    assert total == 300
+    # One request's commit is in flight while the others queue behind it.
+    assert 1 <= commits[0] < 30
+
+
+async def test_record_returns_only_after_commit(sessionmaker: Sessionmaker) -> None:
+    customer_id = await add_customer(sessionmaker)
+    recorder = UsageRecorder(sessionmaker)
+    recorder.start()
+    await recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=3)
+    async with sessionmaker() as session:  # a different connection sees it at once
+        assert await session.scalar(select(func.sum(UsageEvent.units))) == 3
+    await recorder.stop()
+
+
+async def test_a_failed_commit_fails_the_request(sessionmaker: Sessionmaker) -> None:
+    recorder = UsageRecorder(sessionmaker)
+    recorder.start()
+    with pytest.raises(LedgerUnavailable):  # no such customer: the foreign key refuses it
+        await recorder.record(customer_id=999_999, api_key_id="k", route="/v1/data", units=1)
+    await recorder.stop()
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(UsageEvent)) == 0
+
+
+async def test_record_refused_when_not_running(sessionmaker: Sessionmaker) -> None:
+    recorder = UsageRecorder(sessionmaker)
+    with pytest.raises(LedgerUnavailable):
+        await recorder.record(customer_id=1, api_key_id="k", route="/v1/data", units=1)
+
+
+async def test_claim_groups_per_customer_and_minute(sessionmaker: Sessionmaker) -> None:
+    a = await add_customer(sessionmaker, "cus_A")
+    b = await add_customer(sessionmaker, "cus_B")
+    t0 = datetime(2026, 11, 25, 10, 0, 10, tzinfo=UTC)
+    rows = [
+        (a, t0, 1),
+        (a, t0 + timedelta(seconds=20), 2),
+        (a, t0 + timedelta(seconds=60), 4),  # the next minute
+        (b, t0, 8),
+    ]
+    async with sessionmaker() as session:
+        for customer_id, at, units in rows:
+            session.add(
+                UsageEvent(
+                    customer_id=customer_id, api_key_id="k", route="/r", units=units, occurred_at=at
+                )
+            )
+        await session.commit()
+    now = t0 + timedelta(minutes=5)
+    async with sessionmaker() as session:
+        claimed, made = await claim_unreported(session, event_name="api_requests", now=now)
+        await session.commit()
+    assert (claimed, made) == (4, 3)
+    async with sessionmaker() as session:
+        reports = (await session.exec(select(UsageReport).order_by(col(UsageReport.id)))).all()
+        values = sorted((r.stripe_customer_id, r.value, r.event_at) for r in reports)
+        assert values == [
+            ("cus_A", 3, t0 + timedelta(seconds=20)),
+            ("cus_A", 4, t0 + timedelta(seconds=60)),
+            ("cus_B", 8, t0),
+        ]
+        unreported = await session.scalar(
+            select(func.count()).where(col(UsageEvent.report_id).is_(None))
+        )
+        assert unreported == 0
+        # A second claim finds nothing new.
+        assert await claim_unreported(session, event_name="api_requests", now=now) == (0, 0)
+
+
+def test_identifiers_are_deterministic_and_distinct() -> None:
+    assert make_identifier("cus_A", [3, 1, 2]) == make_identifier("cus_A", [1, 2, 3])
+    assert make_identifier("cus_A", [1, 2, 3]) != make_identifier("cus_A", [1, 2])
+    assert make_identifier("cus_A", [1]) != make_identifier("cus_B", [1])
+    assert len(make_identifier("cus_A", list(range(10_000)))) <= 100
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_claims_never_share_a_row(sessionmaker: Sessionmaker) -> None:
+    customer_id = await add_customer(sessionmaker)
+    async with sessionmaker() as session:
+        for _ in range(2000):
+            session.add(UsageEvent(customer_id=customer_id, api_key_id="k", route="/r", units=1))
+        await session.commit()
+
+    async def claim_in_batches() -> int:
+        claimed_total = 0
+        while True:
+            async with sessionmaker() as session:
+                claimed, _ = await claim_unreported(
+                    session, event_name="api_requests", now=datetime.now(UTC), limit=150
+                )
+                await session.commit()
+            if claimed == 0:
+                return claimed_total
+            claimed_total += claimed
+
+    totals = await asyncio.gather(*(claim_in_batches() for _ in range(4)))
+    assert sum(totals) == 2000
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.sum(UsageReport.value))) == 2000
