@@ -12,6 +12,7 @@ from meterapi import __version__
 from meterapi.api import ops
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
+from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
 from meterapi.runtime import Runtime
 
@@ -46,4 +47,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTiming, histogram=runtime.metrics.request_latency)
     return app

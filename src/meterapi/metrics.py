@@ -39,6 +39,8 @@ class Counter:
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
+        if not self._values:
+            yield f"{self.name} 0"
         for labels, value in sorted(self._values.items()):
             yield f"{self.name}{_render_labels(labels)} {value:g}"
 

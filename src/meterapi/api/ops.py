@@ -6,11 +6,13 @@ import asyncio
 import logging
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from meterapi.api.deps import RuntimeDep
 from meterapi.api.errors import error_response
+from meterapi.metering.reporter import pending_stats
+from meterapi.models import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
@@ -37,3 +39,22 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         log.warning("readiness check failed: %s", type(exc).__name__)
         return error_response(503, "database_unavailable", "The database does not answer.")
     return JSONResponse({"status": "ready"})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: pending usage, report outcomes, auth outcomes, latency",
+    response_class=PlainTextResponse,
+)
+async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
+    m = runtime.metrics
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S), runtime.sessionmaker() as session:
+            units, age, parked = await pending_stats(session, now=utcnow())
+        m.pending_units.value, m.oldest_unreported_age.value = units, age
+        m.parked_reports.value = parked
+    except Exception as exc:  # still serve the in-process figures
+        log.warning("usage figures for /metrics unavailable: %s", type(exc).__name__)
+    return PlainTextResponse(
+        m.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )

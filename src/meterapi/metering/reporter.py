@@ -222,6 +222,27 @@ class Reporter:
                 if len(due) < SEND_BATCH:
                     return result
 
+    async def flush(self, *, timeout_s: float = 60.0) -> int:
+        """Send everything pending now, waiting out backoffs; return the reports left unsent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            await self.run_cycle()
+            async with self._sessionmaker() as session:
+                left, next_due = (
+                    await session.exec(
+                        select(func.count(), func.min(UsageReport.next_attempt_at)).where(
+                            col(UsageReport.status) == ReportStatus.PENDING
+                        )
+                    )
+                ).one()
+            if not left or next_due is None:
+                return 0
+            wait = (next_due - utcnow()).total_seconds()
+            if loop.time() + max(wait, 0) > deadline:
+                return int(left)
+            await asyncio.sleep(max(wait, 0.05))
+
     async def _send(self, report: UsageReport, *, now: datetime) -> MeterEventResult:
         if report.attempts > 1 and now - report.created_at > SAFE_RESEND_AGE:
             return MeterEventResult(
