@@ -15,14 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from meterapi import migrations
 from meterapi.app import create_app
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, make_engine, make_sessionmaker
+from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_DATABASE_URL = os.environ.get("METERAPI_TEST_DATABASE_URL", "")
@@ -138,3 +141,63 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
+
+
+# -- Stripe, through the emulator on loopback and the real SDK ---------------------------------
+
+EMULATOR_SECRET_KEY = "sk_test_meterapi_suite"
+EMULATOR_WEBHOOK_SECRET = "whsec_meterapi_suite_0123456789"
+
+
+@pytest.fixture(scope="session")
+def stripe_emulator() -> Iterator[EmulatorServer]:
+    server = EmulatorServer(webhook_secret=EMULATOR_WEBHOOK_SECRET, webhook_retry_delays=(0.2, 0.5))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stripe_price(stripe_emulator: EmulatorServer) -> str:
+    """The meter, product and metered price, made once through the service's own setup path."""
+
+    async def setup() -> str:
+        gateway = StripeGateway(
+            make_settings("sqlite+aiosqlite://", stripe_api_base=stripe_emulator.url)
+        )
+        try:
+            return (await gateway.ensure_metered_price(unit_amount_decimal="0.5"))[1]
+        finally:
+            await gateway.close()
+
+    return asyncio.run(setup())
+
+
+@pytest.fixture
+def stripe_sdk(stripe_emulator: EmulatorServer) -> stripe.StripeClient:
+    """The real SDK, as a test's own view of the Stripe account."""
+    return stripe.StripeClient(
+        EMULATOR_SECRET_KEY,
+        http_client=stripe.HTTPXClient(),
+        base_addresses={"api": stripe_emulator.url, "meter_events": stripe_emulator.url},
+        max_network_retries=2,
+    )
+
+
+@pytest.fixture
+async def emulator_control(stripe_emulator: EmulatorServer) -> AsyncIterator[EmulatorControl]:
+    async with EmulatorControl(stripe_emulator.url) as control:
+        yield control
+        await control.clear_faults()
+
+
+def stripe_settings(
+    db_url: str, emulator: EmulatorServer, price_id: str, **overrides: Any
+) -> Settings:
+    """Settings for a service wired to the emulator, as ``meterapi serve`` does it."""
+    values: dict[str, Any] = {
+        "stripe_api_base": emulator.url,
+        "stripe_price_id": price_id,
+        "stripe_timeout_s": 1.0,
+    }
+    values.update(overrides)
+    return make_settings(db_url, **values)

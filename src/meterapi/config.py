@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     past_due_grace_s: int = Field(default=0, ge=0)
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    stripe_timeout_s: float = Field(default=10.0, gt=0)
     key_cache_size: int = Field(default=100_000, gt=0)
     key_cache_ttl_s: float = Field(default=60.0, gt=0)
 

@@ -55,14 +55,14 @@ def _reason(exc: stripe.StripeError) -> str:
 
 
 class StripeGateway:
-    def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         key = (
             settings.stripe_secret_key.get_secret_value()
             if settings.stripe_secret_key is not None
             else EMULATOR_KEY
         )
         self.settings = settings
-        self._http = stripe.HTTPXClient(timeout=timeout_s)
+        self._http = stripe.HTTPXClient(timeout=settings.stripe_timeout_s)
         base = settings.stripe_api_base
         self._client = stripe.StripeClient(
             key,

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 20_000
 SEND_BATCH = 100
+SEND_CONCURRENCY = 8
 SEND_LEASE = timedelta(seconds=60)
 SAFE_RESEND_AGE = timedelta(hours=20)
 MAX_BACKOFF_S = 300.0
@@ -213,9 +214,9 @@ class Reporter:
                     await session.commit()
                 if not due:
                     return result
-                outcomes = await asyncio.gather(*(self._send(r, now=now) for r in due))
+                outcomes = await self._send_all(due, now=now)
                 async with self._sessionmaker() as session:
-                    for report, outcome in zip(due, outcomes, strict=True):
+                    for report, outcome in outcomes:
                         session.add(self._settle(report, outcome, now=utcnow()))
                         result.outcomes[outcome.delivery] += 1
                     await session.commit()
@@ -242,6 +243,25 @@ class Reporter:
             if loop.time() + max(wait, 0) > deadline:
                 return int(left)
             await asyncio.sleep(max(wait, 0.05))
+
+    async def _send_all(
+        self, reports: list[UsageReport], *, now: datetime
+    ) -> list[tuple[UsageReport, MeterEventResult]]:
+        """Customers in parallel, each customer's events one at a time (Stripe allows one
+        concurrent meter-event call per customer and meter)."""
+        per_customer: dict[int, list[UsageReport]] = defaultdict(list)
+        for report in reports:
+            per_customer[report.customer_id].append(report)
+        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+        results: list[tuple[UsageReport, MeterEventResult]] = []
+
+        async def send_in_turn(queue: list[UsageReport]) -> None:
+            async with limit:
+                for report in queue:
+                    results.append((report, await self._send(report, now=now)))
+
+        await asyncio.gather(*(send_in_turn(q) for q in per_customer.values()))
+        return results
 
     async def _send(self, report: UsageReport, *, now: datetime) -> MeterEventResult:
         if report.attempts > 1 and now - report.created_at > SAFE_RESEND_AGE:
