@@ -5,25 +5,87 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from meterapi import migrations
-from meterapi.billing.gateway import StripeGateway
+from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.runtime import Runtime
+from meterapi.stripe_emulator import EmulatorServer
+from meterapi.stripe_emulator import main as emulator_main
 
 log = logging.getLogger("meterapi")
 
-Command = Callable[[argparse.Namespace, Settings], int]
+Command = Callable[[argparse.Namespace, Any], int]
+
+
+EMULATOR_PORT = 12111
+EMULATOR_BANNER = """
+  ======================================================================
+   EMULATOR MODE: no METERAPI_STRIPE_SECRET_KEY is set.
+   Stripe is the built-in emulator at {url}; no real money moves.
+   Subscribe at {public}/dashboard, or POST {public}/v1/checkout.
+  ======================================================================
+"""
+
+
+def _start_emulator(args: argparse.Namespace, settings: Settings) -> EmulatorServer:
+    """Run the Stripe emulator beside the service and point this process's settings at it."""
+    local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+    webhook_url = f"http://{local_host}:{args.port}/webhooks/stripe"
+    state_file = str(Path(args.emulator_state).resolve())
+    server = None
+    for port in (EMULATOR_PORT, 0):  # the usual port, else any free one
+        candidate = EmulatorServer(
+            port=port,
+            webhook_url=webhook_url,
+            webhook_secret=EMULATOR_WEBHOOK_SECRET,
+            state_file=state_file,
+        )
+        try:
+            server = candidate.start()
+            break
+        except OSError:
+            continue
+    assert server is not None, "no port for the Stripe emulator"
+    wired = settings.model_copy(update={"stripe_api_base": server.url})
+
+    async def bootstrap() -> str:
+        gateway = StripeGateway(wired)
+        try:
+            return (await gateway.ensure_metered_price())[1]
+        finally:
+            await gateway.close()
+
+    price_id = settings.stripe_price_id or asyncio.run(bootstrap())
+    # Workers build their own Settings from the environment.
+    os.environ["METERAPI_STRIPE_API_BASE"] = server.url
+    os.environ["METERAPI_STRIPE_PRICE_ID"] = price_id
+    public = f"http://{local_host}:{args.port}"
+    print(EMULATOR_BANNER.format(url=server.url, public=public), flush=True)
+    return server
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    migrations.upgrade(settings.database_url)
+    emulator = _start_emulator(args, settings) if settings.emulator_mode else None
+    try:
+        _run_uvicorn(args)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # the server is only needed by this command
 
-    migrations.upgrade(settings.database_url)
     uvicorn.run(
         "meterapi.app:create_app",
         factory=True,
@@ -32,8 +94,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         proxy_headers=True,
         log_level="info",
+        timeout_graceful_shutdown=20,
     )
-    return 0
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,6 +138,10 @@ def _stripe_setup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> int:
+    return emulator_main(list(args.emulator_args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meterapi", description="Sell your HTTP API by usage, billed through Stripe."
@@ -86,7 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--emulator-state",
+        default="meterapi-emulator.json",
+        help="emulator mode only: where the emulator keeps its state between runs",
+    )
     serve.set_defaults(handler=_serve)
+
+    emulator = commands.add_parser(
+        "stripe-emulator", help="run the local Stripe emulator", add_help=False
+    )
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    emulator.set_defaults(handler=_stripe_emulator, needs_settings=False)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True
@@ -119,13 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        handler: Command = args.handler
+        return handler(args, None)
     try:
         settings = Settings()
     except (ConfigError, ValidationError) as exc:
         print(f"meterapi: configuration error: {_config_message(exc)}", file=sys.stderr)
         return 2
-    handler: Command = args.handler
-    return handler(args, settings)
+    handler = args.handler
+    return int(handler(args, settings))
 
 
 def _config_message(exc: Exception) -> str:
