@@ -14,6 +14,7 @@ from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
+from meterapi.dashboard import router as dashboard_router
 from meterapi.runtime import Runtime
 
 
@@ -35,10 +36,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="A usage-billed API, metered into Stripe Billing Meters.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served by the dashboard room, with Swagger UI from this host
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
+    app.include_router(dashboard_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
