@@ -115,7 +115,7 @@ def test_a_stale_checkout_link_explains_itself(
     page.goto(f"{live_service.url}/dashboard?session_id=cs_test_does_not_exist")
     notice = page.locator("#notice")
     expect(notice).to_have_class(re.compile("error"))
-    expect(notice).not_to_be_empty()
+    expect(notice).to_contain_text("checkout is not known")
     assert "session_id" not in page.url
     expect(page.get_by_role("heading", name="Subscribe")).to_be_visible()
     shots.take(page, "unknown-checkout-session")

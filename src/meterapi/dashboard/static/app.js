@@ -3,7 +3,7 @@
 
 import { api, keyStore } from "./api.js";
 import { daysOfPeriod, renderChart } from "./chart.js";
-import { describeError } from "./messages.js";
+import { CLAIM_MESSAGES, describeError } from "./messages.js";
 
 const $ = (id) => document.getElementById(id);
 const numberFormat = new Intl.NumberFormat();
@@ -25,8 +25,8 @@ function notify(text, kind = "info") {
   notice.hidden = !text;
 }
 
-function showError(error) {
-  notify(describeError(error), "error");
+function showError(error, overrides) {
+  notify(describeError(error, overrides), "error");
   // A key that stopped working (revoked, expired) cannot do anything more here.
   if (error.code === "invalid_api_key" && keyStore.get()) {
     keyStore.clear();
@@ -302,7 +302,8 @@ async function claim(checkoutSessionId) {
         await sleep(CLAIM_RETRY_MS);
         continue;
       }
-      showError(error);
+      showError(error, CLAIM_MESSAGES);
+      if (keyStore.get()) await enterDashboard(); // already signed in in this tab
       return;
     }
   }

@@ -36,12 +36,19 @@ export const MESSAGES = {
   network_error: "Could not reach the service. Check your connection and try again.",
 };
 
+export const CLAIM_MESSAGES = {
+  not_found:
+    "This checkout is not known here, so there is no key to show. " +
+    "If you already have a key, sign in with it; otherwise subscribe again.",
+};
+
 // Codes whose server message adds useful detail (which field is invalid, for instance).
 const WITH_DETAIL = new Set(["validation_error"]);
 
-/** A sentence for the person using the dashboard, from an ApiError (see api.js). */
-export function describeError(error) {
-  const known = MESSAGES[error.code];
+/** A sentence for the person using the dashboard, from an ApiError (see api.js); `overrides`
+ * words a code for one situation (a 404 while claiming is about the checkout, not a key). */
+export function describeError(error, overrides = {}) {
+  const known = overrides[error.code] || MESSAGES[error.code];
   if (!known) {
     return error.message || "Something went wrong. Please try again.";
   }
