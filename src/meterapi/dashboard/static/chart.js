@@ -8,17 +8,19 @@ function isoDay(date) {
   return date.toISOString().slice(0, 10);
 }
 
-/** Every UTC day of the period up to today, with its units (0 where there was no usage). */
+/** Every UTC day of the period, with its units (0 where there was none; days after today are
+ * marked `future`, so the chart shows how far into the period we are). */
 export function daysOfPeriod(period, byDay, now = new Date()) {
   const units = new Map(byDay.map((d) => [String(d.date), Number(d.units) || 0]));
   const start = new Date(period.start);
-  const end = new Date(Math.min(new Date(period.end).getTime() - 1, now.getTime()));
+  const end = new Date(new Date(period.end).getTime() - 1);
+  const today = isoDay(now);
   const days = [];
   if (!Number.isNaN(start.getTime()) && !Number.isNaN(end.getTime())) {
     let day = Date.UTC(start.getUTCFullYear(), start.getUTCMonth(), start.getUTCDate());
     while (day <= end.getTime() && days.length < MAX_DAYS) {
       const key = isoDay(new Date(day));
-      days.push({ date: key, units: units.get(key) || 0 });
+      days.push({ date: key, units: units.get(key) || 0, future: key > today });
       units.delete(key);
       day += DAY_MS;
     }
@@ -38,9 +40,14 @@ function el(tag, className, text) {
   return node;
 }
 
+const tickFormat = new Intl.DateTimeFormat(undefined, {
+  month: "short",
+  day: "numeric",
+  timeZone: "UTC",
+});
+
 function shortDate(iso) {
-  const [, month, day] = iso.split("-");
-  return `${Number(day)}/${Number(month)}`;
+  return tickFormat.format(new Date(`${iso}T00:00:00Z`));
 }
 
 /** Draw `days` ([{date, units}]) into `container`, replacing what was there. */
@@ -52,6 +59,7 @@ export function renderChart(container, days, formatNumber) {
   }
   const max = Math.max(1, ...days.map((d) => d.units));
   const total = days.reduce((sum, d) => sum + d.units, 0);
+  const elapsed = days.filter((d) => !d.future).length;
   const peak = days.reduce((best, d) => (d.units > best.units ? d : best), days[0]);
 
   const figure = el("figure", "chart-figure");
@@ -59,20 +67,22 @@ export function renderChart(container, days, formatNumber) {
   plot.setAttribute("role", "img");
   plot.setAttribute(
     "aria-label",
-    `Bar chart: ${formatNumber(total)} units over ${days.length} days; ` +
-      `most on ${peak.date} (${formatNumber(peak.units)}).`,
+    `Bar chart: ${formatNumber(total)} units over the first ${elapsed} of ${days.length} days ` +
+      (total ? `of the period; most on ${peak.date} (${formatNumber(peak.units)}).` : "of the period."),
   );
   const scale = el("span", "scale", `${formatNumber(max)}`);
   scale.setAttribute("aria-hidden", "true");
   plot.append(scale);
-  const labelEvery = days.length > 16 ? Math.ceil(days.length / 8) : 1;
+  const labelEvery = days.length > 8 ? Math.ceil(days.length / 6) : 1;
   days.forEach((d, i) => {
     const column = el("div", "bar-col");
     column.title = `${d.date}: ${formatNumber(d.units)} units`;
-    const bar = el("div", d.units > 0 ? "bar" : "bar empty");
+    const bar = el("div", d.units > 0 ? "bar" : d.future ? "bar empty future" : "bar empty");
     bar.style.height = d.units > 0 ? `${Math.max(2, (d.units / max) * 100)}%` : "";
     column.append(bar);
-    const tick = el("span", "tick", i % labelEvery === 0 ? shortDate(d.date) : "");
+    // The end ticks align to the plot's edges so that narrow screens do not clip them.
+    const edge = i === 0 ? " first" : i === days.length - 1 ? " last" : "";
+    const tick = el("span", `tick${edge}`, i % labelEvery === 0 ? shortDate(d.date) : "");
     column.append(tick);
     plot.append(column);
   });
@@ -83,7 +93,7 @@ export function renderChart(container, days, formatNumber) {
   const head = el("tr");
   head.append(el("th", "", "Date"), el("th", "", "Units"));
   table.append(head);
-  for (const d of days) {
+  for (const d of days.filter((day) => !day.future)) {
     const row = el("tr");
     row.append(el("td", "", d.date), el("td", "", formatNumber(d.units)));
     table.append(row);
