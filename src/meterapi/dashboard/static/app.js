@@ -350,6 +350,7 @@ async function start() {
   $("dismiss-key").addEventListener("click", () => {
     hideNewKey();
     notify("", "info");
+    $("main").focus(); // the focused button just disappeared: keep keyboard users in place
   });
   $("refresh-usage").addEventListener("click", (e) => loadUsage(e.currentTarget));
   $("open-portal").addEventListener("click", openPortal);
