@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, make_engine, make_sessionmaker
+from meterapi.keys.guard import KeyGuard
 
 
 @dataclass
@@ -15,12 +16,20 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: Sessionmaker
+    keys: KeyGuard
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         """Build without I/O; connections open on first use."""
         engine = make_engine(settings.database_url)
-        return cls(settings=settings, engine=engine, sessionmaker=make_sessionmaker(engine))
+        sessionmaker = make_sessionmaker(engine)
+        keys = KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker)
+        return cls(settings=settings, engine=engine, sessionmaker=sessionmaker, keys=keys)
+
+    async def start(self) -> None:
+        """Start the background work (the lifespan calls this before serving)."""
+        await self.keys.start()
 
     async def close(self) -> None:
+        await self.keys.stop()
         await self.engine.dispose()
