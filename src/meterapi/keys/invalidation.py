@@ -87,14 +87,15 @@ async def bump(
 
     Returns the new cache revision. Takes effect for every process when the transaction commits.
     """
-    revision = (await session.execute(_BUMP)).scalar_one()
+    connection = await session.connection()  # the session's transaction, Core statements
+    revision = (await connection.execute(_BUMP)).scalar_one()
     change = Change(
         revision=revision,
         key_ids=(key_id,) if key_id is not None else (),
         customer_ids=(customer_id,) if customer_id is not None else (),
     )
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(_NOTIFY, {"channel": CHANNEL, "payload": change.payload()})
+        await connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": change.payload()})
     session.info.setdefault(_PENDING_INFO, []).append(change)
     return int(revision)
 

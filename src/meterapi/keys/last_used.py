@@ -76,7 +76,8 @@ class LastUsedTracker:
             return 0
         try:
             async with session_scope(self.sessionmaker) as session:
-                await session.execute(
+                connection = await session.connection()
+                await connection.execute(
                     _WRITE, [{"b_id": key_id, "b_at": at} for key_id, at in pending.items()]
                 )
         except BaseException:
