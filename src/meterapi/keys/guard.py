@@ -61,7 +61,7 @@ class KeyGuard:
         return self._pepper
 
     async def start(self) -> None:
-        self.invalidator.start()
+        await self.invalidator.start()
         self.last_used.start()
 
     async def stop(self) -> None:

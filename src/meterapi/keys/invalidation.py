@@ -149,10 +149,22 @@ class Invalidator:
     def __repr__(self) -> str:
         return f"Invalidator(listen={self.listen}, listening={self.listening.is_set()})"
 
-    def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._poll_forever(), name="key-cache-poller"))
+    async def start(self, *, settle_s: float = 5.0) -> None:
+        """Start listening and polling; wait (at most ``settle_s``) for the first revision read
+        and the first LISTEN attempt, so that no entry is cached before the cache has a
+        reference point. A database that is down delays nothing: both keep retrying."""
+        first_attempt = asyncio.Event()
         if self.listen:
-            self._tasks.append(asyncio.create_task(self._listen_forever(), name="key-cache-listen"))
+            self._tasks.append(
+                asyncio.create_task(self._listen_forever(first_attempt), name="key-cache-listen")
+            )
+        else:
+            first_attempt.set()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(settle_s):
+                await first_attempt.wait()
+                await self.poll_once()
+        self._tasks.append(asyncio.create_task(self._poll_forever(), name="key-cache-poller"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -184,12 +196,13 @@ class Invalidator:
             fast = not self.listening.is_set()
             await asyncio.sleep(self.fast_poll_s if fast else self.slow_poll_s)
 
-    async def _listen_forever(self) -> None:
+    async def _listen_forever(self, first_attempt: asyncio.Event) -> None:
         delay = 0.5
         while True:
             try:
-                connection = await asyncpg.connect(self._dsn, timeout=10)
+                connection = await asyncpg.connect(self._dsn, timeout=5)
             except Exception as exc:
+                first_attempt.set()
                 log.warning("key cache listener cannot connect: %s", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -202,9 +215,11 @@ class Invalidator:
                 # Whatever changed before we listened was not heard: start from a clean cache.
                 self.cache.clear()
                 self.listening.set()
+                first_attempt.set()
                 await closed.wait()
                 log.warning("key cache listener connection lost; reconnecting")
             except Exception as exc:
+                first_attempt.set()
                 log.warning("key cache listener failed: %s", type(exc).__name__)
             finally:
                 self.listening.clear()
