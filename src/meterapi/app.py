@@ -38,8 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
+    app.include_router(data.router)  # the paid route first: matched on every paid request
     app.include_router(keys.router)
-    app.include_router(data.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

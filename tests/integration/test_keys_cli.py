@@ -89,6 +89,7 @@ async def test_no_key_and_no_pepper_in_the_logs(
 ) -> None:
     """A whole flow at DEBUG (SQL statements and parameters included): no secret is logged."""
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy.engine")  # SQL and its parameters
     monkeypatch.setenv("METERAPI_DATABASE_URL", db_url)
     monkeypatch.setenv("METERAPI_KEY_PEPPER", PEPPER)
     await asyncio.to_thread(_seed, db_url, "cus_logs")

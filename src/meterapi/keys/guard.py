@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker
@@ -15,6 +14,7 @@ from meterapi.keys.cache import KeyCache
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.keys.invalidation import Invalidator
 from meterapi.keys.last_used import LastUsedTracker
+from meterapi.keys.service import Principal
 from meterapi.models import utcnow
 
 
@@ -28,8 +28,10 @@ class KeyGuard:
         cache: KeyCache,
         invalidator: Invalidator,
         last_used: LastUsedTracker,
+        sessionmaker: Sessionmaker,
     ) -> None:
         self._pepper = pepper
+        self.sessionmaker = sessionmaker
         self.live = live
         self.past_due_grace_s = past_due_grace_s
         self.cache = cache
@@ -54,6 +56,7 @@ class KeyGuard:
             cache=cache,
             invalidator=Invalidator(cache, engine=engine, database_url=settings.database_url),
             last_used=LastUsedTracker(sessionmaker),
+            sessionmaker=sessionmaker,
         )
 
     @property
@@ -68,18 +71,26 @@ class KeyGuard:
         await self.invalidator.stop()
         await self.last_used.stop()
 
-    async def authenticate(
-        self, session: AsyncSession, plaintext: str, *, now: datetime | None = None
-    ) -> service.Principal:
-        """``service.authenticate`` with this process's cache; notes the use for last_used_at."""
+    async def authenticate(self, plaintext: str, *, now: datetime | None = None) -> Principal:
+        """The caller behind ``plaintext``. A warm key is answered from the cache without
+        opening a session; otherwise a short session of our own reads the key."""
         now = now or utcnow()
-        principal = await service.authenticate(
-            session,
+        principal = service.authenticate_cached(
             plaintext,
             pepper=self._pepper,
             cache=self.cache,
             past_due_grace_s=self.past_due_grace_s,
             now=now,
         )
+        if principal is None:
+            async with self.sessionmaker() as session:
+                principal = await service.authenticate(
+                    session,
+                    plaintext,
+                    pepper=self._pepper,
+                    cache=self.cache,
+                    past_due_grace_s=self.past_due_grace_s,
+                    now=now,
+                )
         self.last_used.note(principal.key_id, now)
         return principal

@@ -195,19 +195,46 @@ async def authenticate(
     """
     now = now or utcnow()
     cache = cache if cache is not None else KeyCache(max_entries=1)
+    principal = authenticate_cached(
+        plaintext, pepper=pepper, cache=cache, past_due_grace_s=past_due_grace_s, now=now
+    )
+    if principal is not None:
+        return principal
     digest = hashing.digest(plaintext, pepper=pepper)
-    if not key_format.looks_valid(plaintext):
+    entry = cache.key(digest) or await _load(session, digest, cache=cache, now=now)
+    customer = cache.customer(entry.customer_id) or await _load_customer(
+        session, entry.customer_id, cache=cache
+    )
+    return _admit(entry, customer, now=now, past_due_grace_s=past_due_grace_s)
+
+
+def authenticate_cached(
+    plaintext: str,
+    *,
+    pepper: bytes,
+    cache: KeyCache,
+    past_due_grace_s: int = 0,
+    now: datetime,
+) -> Principal | None:
+    """``authenticate`` from the cache alone: the caller, an error, or ``None`` if the database
+    must be asked. This is the whole hot path of a warm key: no session, no I/O."""
+    digest = hashing.digest(plaintext, pepper=pepper)  # for every value, well formed or not
+    if not key_format.looks_valid(plaintext) or cache.is_known_miss(digest):
         raise InvalidApiKey()
     entry = cache.key(digest)
     if entry is None:
-        if cache.is_known_miss(digest):
-            raise InvalidApiKey()
-        entry = await _load(session, digest, cache=cache, now=now)
-    if entry.expires_at is not None and entry.expires_at <= now:
-        raise InvalidApiKey()
+        return None
     customer = cache.customer(entry.customer_id)
     if customer is None:
-        customer = await _load_customer(session, entry.customer_id, cache=cache)
+        return None
+    return _admit(entry, customer, now=now, past_due_grace_s=past_due_grace_s)
+
+
+def _admit(
+    entry: KeyEntry, customer: CustomerEntry, *, now: datetime, past_due_grace_s: int
+) -> Principal:
+    if entry.expires_at is not None and entry.expires_at <= now:
+        raise InvalidApiKey()
     if not access.allows(customer, now, past_due_grace_s):
         raise SubscriptionInactive()
     return Principal(
