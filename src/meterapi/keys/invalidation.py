@@ -144,6 +144,7 @@ class Invalidator:
         self.fast_poll_s = fast_poll_s
         self.slow_poll_s = slow_poll_s
         self.listening = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -167,11 +168,14 @@ class Invalidator:
         self._tasks.append(asyncio.create_task(self._poll_forever(), name="key-cache-poller"))
 
     async def stop(self) -> None:
+        # Let a poll in flight finish rather than cancel it inside the driver's thread hop.
+        self._stopping.set()
         for task in self._tasks:
-            task.cancel()
+            if task.get_name() != "key-cache-poller":
+                task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, timeout=12)
         self._tasks.clear()
 
     async def poll_once(self) -> bool:
@@ -182,7 +186,7 @@ class Invalidator:
 
     async def _poll_forever(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(10):
                     await self.poll_once()
@@ -194,7 +198,10 @@ class Invalidator:
                         "key cache poll failed (%d times): %s", failures, type(exc).__name__
                     )
             fast = not self.listening.is_set()
-            await asyncio.sleep(self.fast_poll_s if fast else self.slow_poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), self.fast_poll_s if fast else self.slow_poll_s
+                )
 
     async def _listen_forever(self, first_attempt: asyncio.Event) -> None:
         delay = 0.5

@@ -53,6 +53,7 @@ class LastUsedTracker:
         self._noted: dict[str, float] = {}
         self._pending: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"LastUsedTracker(pending={len(self._pending)})"
@@ -92,17 +93,18 @@ class LastUsedTracker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()  # a flush in flight finishes; the loop then ends
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout=10)
             self._task = None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self.flush()
 
     async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
             try:
                 await self.flush()
             except Exception as exc:
