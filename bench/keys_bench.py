@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from meterapi import migrations
-from meterapi.config import Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service
 from meterapi.keys.cache import KeyCache
@@ -161,7 +160,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         database_url = args.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
         migrations.upgrade(database_url)
-        Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
         key = asyncio.run(seed(database_url))
         backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
         micros = asyncio.run(verification_cost(database_url, key))
