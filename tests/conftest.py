@@ -118,8 +118,9 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def settings(db_url: str) -> Settings:
-    return make_settings(db_url)
+def settings(db_url: str, stripe_emulator: EmulatorServer, stripe_price: str) -> Settings:
+    """A service wired to the emulator (its reporter sends there), reporting every 0.2 s."""
+    return stripe_settings(db_url, stripe_emulator, stripe_price)
 
 
 @pytest.fixture

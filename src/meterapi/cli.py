@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,10 @@ from pydantic import ValidationError
 from meterapi import migrations
 from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
+from meterapi.db import make_engine, make_sessionmaker, session_scope
+from meterapi.errors import DomainError
+from meterapi.keys import service as key_service
+from meterapi.keys.format import is_live_stripe_key
 from meterapi.runtime import Runtime
 from meterapi.stripe_emulator import EmulatorServer
 from meterapi.stripe_emulator import main as emulator_main
@@ -142,6 +146,56 @@ def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> in
     return emulator_main(list(args.emulator_args))
 
 
+def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
+    secret = settings.stripe_secret_key
+    live = is_live_stripe_key(secret.get_secret_value() if secret else None)
+
+    async def issue() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                key, plaintext = await key_service.issue_for_stripe_customer(
+                    session,
+                    stripe_customer_id=args.customer,
+                    name=args.name,
+                    pepper=settings.pepper_bytes(),
+                    live=live,
+                )
+            log.info("issued key %s for %s", key.id, args.customer)
+            return plaintext
+        finally:
+            await engine.dispose()
+
+    return _run_printing(issue)
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def revoke() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                key = await key_service.revoke(
+                    session, key_id=args.key_id, customer_id=None, allow_last=args.force
+                )
+            log.info("revoked key %s", key.id)
+            return f"revoked {key.id}"
+        finally:
+            await engine.dispose()
+
+    return _run_printing(revoke)
+
+
+def _run_printing(work: Callable[[], Coroutine[Any, Any, str]]) -> int:
+    """Run ``work``; print its result to stdout, or a domain error's message to stderr (exit 1)."""
+    try:
+        result = asyncio.run(work())
+    except DomainError as exc:
+        print(f"meterapi: {exc.message}", file=sys.stderr)
+        return 1
+    print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meterapi", description="Sell your HTTP API by usage, billed through Stripe."
@@ -188,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--unit-amount-decimal", default="1", help="cents per unit, e.g. 0.5")
     setup.add_argument("--currency", default="usd")
     setup.set_defaults(handler=_stripe_setup)
+    keys = commands.add_parser("keys", help="operator key management").add_subparsers(
+        dest="keys_command", required=True
+    )
+    issue = keys.add_parser("issue", help="issue a key; prints it once, to stdout")
+    issue.add_argument("--customer", required=True, help="the customer's Stripe id, cus_…")
+    issue.add_argument("--name", default="default")
+    issue.set_defaults(handler=_keys_issue)
+    revoke = keys.add_parser("revoke", help="revoke a key now, everywhere")
+    revoke.add_argument("key_id")
+    revoke.add_argument(
+        "--force", action="store_true", help="revoke even the customer's only active key"
+    )
+    revoke.set_defaults(handler=_keys_revoke)
     return parser
 
 

@@ -104,3 +104,9 @@ class StripeUnavailable(DomainError):
     status_code = 503
     code = "stripe_unavailable"
     message = "Stripe could not be reached; try again shortly."
+
+
+class UsageNotRecorded(DomainError):
+    status_code = 503
+    code = "usage_unavailable"
+    message = "The request could not be recorded; it was not billed. Try again."

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, make_engine, make_sessionmaker
+from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
@@ -21,6 +22,7 @@ class Runtime:
     engine: AsyncEngine
     sessionmaker: Sessionmaker
     metrics: Metrics
+    keys: KeyGuard
     gateway: StripeGateway
     recorder: UsageRecorder
     reporter: Reporter
@@ -45,6 +47,7 @@ class Runtime:
             engine=engine,
             sessionmaker=sessionmaker,
             metrics=metrics,
+            keys=KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker),
             gateway=gateway,
             recorder=UsageRecorder(sessionmaker, on_commit=reporter.wake),
             reporter=reporter,
@@ -52,6 +55,8 @@ class Runtime:
         )
 
     async def start(self) -> None:
+        """Start the background work (the lifespan calls this before serving)."""
+        await self.keys.start()
         self.recorder.start()
         self.reporter.start()
 
@@ -60,6 +65,7 @@ class Runtime:
         try:
             await self.recorder.stop()
             await self.reporter.stop()
+            await self.keys.stop()
         finally:
             await self.gateway.close()
             await self.engine.dispose()

@@ -57,6 +57,18 @@ class WebhookReceiver:
         seen = [e.type for e in self.events()]
         raise AssertionError(f"webhooks {types} not all delivered; got {seen}")
 
+    async def wait_match(
+        self, type_: str, match: Callable[[stripe.Event], bool], within: float = 5.0
+    ) -> stripe.Event:
+        """The first verified event of that type for which `match` holds."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if event.type == type_ and match(event):
+                    return event
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no matching {type_} webhook was delivered")
+
 
 class ThreadedServer:
     """Any ASGI app under uvicorn on 127.0.0.1, port 0, in a daemon thread."""

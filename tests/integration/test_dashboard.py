@@ -141,3 +141,18 @@ async def test_simple_request_from_an_allowed_origin_is_readable(
 async def test_no_cors_headers_without_configured_origins(client: httpx.AsyncClient) -> None:
     response = await client.options("/v1/usage", headers=_preflight(DASHBOARD_ORIGIN))
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_the_explorer_can_authorize_v1_data_with_an_api_key(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    schemes = schema["components"]["securitySchemes"]
+    header_schemes = [
+        name
+        for name, scheme in schemes.items()
+        if scheme["type"] == "apiKey" and scheme["in"] == "header" and scheme["name"] == "X-API-Key"
+    ]
+    assert header_schemes, schemes
+    security = schema["paths"]["/v1/data"]["get"]["security"]
+    assert {header_schemes[0]: []} in security

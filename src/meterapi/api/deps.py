@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.config import Settings
+from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, MissingApiKey
+from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
 
@@ -41,3 +44,62 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit above runs before the response goes out, so a 2xx is never
 # sent for a write that then fails to commit.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+# -- API keys --------------------------------------------------------------------------------
+
+_QUERY_NAMES = frozenset({"apikey", "api_key", "api-key"})
+
+
+class ApiKeyAuth(APIKeyHeader):
+    """The ``X-API-Key`` security scheme of the OpenAPI document, and the check itself.
+
+    One dependency rather than a function over two header dependencies: this runs on every
+    paid request, and each dependency level costs FastAPI time. ``Authorization: Bearer`` is
+    read here too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            name="X-API-Key",
+            scheme_name="ApiKey",
+            description="Your API key (`mk_live_…` or `mk_test_…`); "
+            "`Authorization: Bearer <key>` works too.",
+            auto_error=False,
+        )
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        return await require_api_key(request)
+
+
+async def require_api_key(request: Request) -> Principal:
+    """The authenticated caller; every refusal is a ``DomainError`` (CONTRACT §3)."""
+    # Checked first and regardless of headers: a key in a URL is already in someone's logs.
+    if request.scope["query_string"] and any(
+        name.lower() in _QUERY_NAMES for name in request.query_params
+    ):
+        raise ApiKeyInQuery()
+    header_key = request.headers.get("x-api-key")
+    bearer_key = None
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            bearer_key = credentials.strip()
+    if header_key and bearer_key and header_key != bearer_key:
+        raise AmbiguousApiKey()
+    presented = header_key or bearer_key
+    if not presented:
+        raise MissingApiKey()
+    # The runtime straight from the app, not RuntimeDep: a plain-function dependency costs a
+    # thread-pool hop. A warm key opens no database session at all.
+    runtime: Runtime = request.app.state.runtime
+    principal = await runtime.keys.authenticate(presented)
+    request.state.principal = principal  # for metered routes (api.metering)
+    return principal
+
+
+_api_key_auth = ApiKeyAuth()  # one instance, so FastAPI resolves it once per request
+ApiKeyDep = Annotated[Principal, Security(_api_key_auth)]
+# The same caller, named for routes about the customer rather than the key.
+CustomerDep = Annotated[Principal, Security(_api_key_auth)]

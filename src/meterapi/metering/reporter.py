@@ -182,7 +182,7 @@ class Reporter:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        last = 0.0
+        last = loop.time()  # the first cycle comes one interval after start
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):

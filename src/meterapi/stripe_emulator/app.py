@@ -44,6 +44,7 @@ API_ROUTES = (
     + v2.ROUTES
 )
 HANG_POLL_S = 0.05
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 def json_response(status: int, body: JSON, headers: dict[str, str] | None = None) -> Response:
@@ -161,12 +162,20 @@ class Emulator:
         response = json_response(status, body, headers)
         # Stripe saves results once execution began; a request refused by validation is not saved.
         if key is not None and status < 400:
+            self._prune_idempotency()
             self.store.idempotency[key] = SavedResponse(
                 fingerprint, status, bytes(response.body), time.time()
             )
         if method in ("POST", "DELETE") and status < 400:
             self.persist()
         return response
+
+    def _prune_idempotency(self) -> None:
+        # Stripe may prune keys once they are 24 h old; doing so bounds memory here.
+        cutoff = time.time() - IDEMPOTENCY_TTL_S
+        saved = self.store.idempotency
+        for stale in [k for k, v in saved.items() if v.created < cutoff][:1000]:
+            del saved[stale]
 
 
 def _bearer(request: Request) -> str | None:

@@ -1,4 +1,22 @@
-"""`/_emulator/…`: drive the emulator from tests and demos. No authentication."""
+"""`/_emulator/…`: drive the emulator from tests and demos. No authentication; JSON bodies.
+
+GET    /_emulator/health
+POST   /_emulator/reset
+GET    /_emulator/webhook                      → {"url", "secret"}
+POST   /_emulator/webhook                      {"url": str | null, "secret"?: str}
+GET    /_emulator/webhooks?type=               → {"data": [{event, type, status, attempts}]}
+POST   /_emulator/events/{evt_id}/redeliver
+GET    /_emulator/meter_events?customer=&event_name=
+                                               → {"data": [...], "totals": {cus: n}}
+POST   /_emulator/meter_event_sessions/expire  (every v2 session token expires now)
+POST   /_emulator/subscriptions/{id}/status    {"status": active|past_due|unpaid|canceled|paused}
+POST   /_emulator/subscriptions/{id}/close_period
+                                               {"outcome"?: "paid"|"payment_failed", "end"?: int}
+POST   /_emulator/checkout/sessions/{id}/complete  {"email"?: str}
+POST   /_emulator/faults                       {"kind", "path"?, "method"?, "count"?,
+                                                "status"?, "should_retry"?, "seconds"?, "apply"?}
+GET    /_emulator/faults    DELETE /_emulator/faults
+"""
 
 from __future__ import annotations
 

@@ -72,7 +72,9 @@ def decode_pairs(pairs: list[tuple[str, str]]) -> JSON:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise StripeError(f"Invalid parameter: {raw_key}", param=raw_key)
-    return _listify(root)  # type: ignore[no-any-return]
+    result = _listify(root)
+    # A top level of only digit keys (`0=a`) would come back as a list; keep it a mapping.
+    return result if isinstance(result, dict) else {str(i): v for i, v in enumerate(result)}
 
 
 def _listify(node: Any) -> Any:

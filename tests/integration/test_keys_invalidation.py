@@ -1,0 +1,140 @@
+"""Revocation and access changes reach every process: a second app on the same database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel import select
+
+from meterapi.app import create_app
+from meterapi.db import make_engine, make_sessionmaker, session_scope
+from meterapi.keys import invalidation
+from meterapi.models import Customer
+from tests.conftest import make_settings
+from tests.integration.keys_support import headers, runtime_of, seed_customer_with_key
+
+# Bounds on staleness (see keys.invalidation): NOTIFY delivery on PostgreSQL, the 0.5 s poll
+# on SQLite. Generous here so a loaded machine does not make the suite flaky.
+SETTLE_S = 3.0
+
+
+@asynccontextmanager
+async def running(db_url: str) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(make_settings(db_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield app, client
+
+
+async def settle(condition: Callable[[], bool]) -> float:
+    """Wait until ``condition`` holds (at most SETTLE_S); returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < SETTLE_S, "the other process was not told"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_revocation_reaches_a_second_process(db_url: str) -> None:
+    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed_customer_with_key(app_a)
+        created = (await a.post("/v1/keys", headers=headers(key))).json()
+        doomed = created["api_key"]
+        assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 200
+        assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
+        cache_b = runtime_of(app_b).keys.cache
+        generation = cache_b.generation
+
+        revoked = await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
+        assert revoked.status_code == 204
+        assert (await a.get("/v1/data", headers=headers(doomed))).status_code == 401  # at once
+        await settle(lambda: cache_b.generation > generation)
+        refused = await b.get("/v1/data", headers=headers(doomed))
+        assert refused.status_code == 401
+        assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
+
+
+@pytest.mark.postgres_only
+async def test_postgres_notify_reaches_the_listener_quickly(db_url: str) -> None:
+    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
+        assert runtime_of(app_b).keys.invalidator.listening.is_set()
+        _, key = await seed_customer_with_key(app_a)
+        created = (await a.post("/v1/keys", headers=headers(key))).json()
+        assert (await b.get("/v1/data", headers=headers(created["api_key"]))).status_code == 200
+        assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
+        cache_b = runtime_of(app_b).keys.cache
+        generation = cache_b.generation
+
+        await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
+        took = await settle(lambda: cache_b.generation > generation)
+        # Delivered by NOTIFY, not by the 5 s backstop poll, and targeted: the other key stays.
+        assert took < 1.0
+        assert runtime_of(app_b).keys.cache.revision is not None
+        assert (await b.get("/v1/data", headers=headers(created["api_key"]))).status_code == 401
+        ok = await b.get("/v1/data", headers=headers(key))
+        assert ok.status_code == 200
+
+
+async def _cancel_outside_the_app(db_url: str, stripe_customer_id: str) -> None:
+    """What billing does on customer.subscription.deleted: change state, bump, commit."""
+    engine = make_engine(db_url)
+    try:
+        async with session_scope(make_sessionmaker(engine)) as session:
+            customer = (
+                await session.exec(
+                    select(Customer).where(Customer.stripe_customer_id == stripe_customer_id)
+                )
+            ).one()
+            customer.subscription_status = "canceled"
+            session.add(customer)
+            assert customer.id is not None
+            await invalidation.bump(session, customer_id=customer.id)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_access_change_reaches_every_process(db_url: str) -> None:
+    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed_customer_with_key(app_a)
+        for client in (a, b):
+            assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+        caches = [runtime_of(app).keys.cache for app in (app_a, app_b)]
+        generations = [cache.generation for cache in caches]
+        await _cancel_outside_the_app(db_url, "cus_alpha")
+        for cache, generation in zip(caches, generations, strict=True):
+            await settle(lambda c=cache, g=generation: c.generation > g)
+        for client in (a, b):
+            response = await client.get("/v1/data", headers=headers(key))
+            assert response.status_code == 402
+            assert response.json()["error"]["code"] == "subscription_inactive"
+
+
+async def test_a_change_in_this_process_applies_on_commit_only(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    customer_id, key = await seed_customer_with_key(app)
+    assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+    runtime = runtime_of(app)
+    async with runtime.sessionmaker() as session:
+        customer = await session.get(Customer, customer_id)
+        assert customer is not None
+        customer.subscription_status = "unpaid"
+        session.add(customer)
+        await invalidation.bump(session, customer_id=customer_id)
+        await session.rollback()  # nothing changed, so nothing to forget
+    assert runtime.keys.cache.customer(customer_id) is not None
+    async with session_scope(runtime.sessionmaker) as session:
+        customer = await session.get(Customer, customer_id)
+        assert customer is not None
+        customer.subscription_status = "unpaid"
+        session.add(customer)
+        await invalidation.bump(session, customer_id=customer_id)
+    # Same process: no waiting at all, the commit itself dropped the entry.
+    assert (await client.get("/v1/data", headers=headers(key))).status_code == 402
