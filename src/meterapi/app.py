@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from meterapi import __version__
-from meterapi.api import data, keys, ops
+from meterapi.api import data, keys, ops, usage
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.timing import RequestTiming
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(data.router)  # the paid route first: matched on every paid request
     app.include_router(keys.router)
+    app.include_router(usage.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

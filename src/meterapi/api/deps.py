@@ -15,7 +15,8 @@ from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async on purpose: FastAPI runs plain-function dependencies on a thread pool.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -23,7 +24,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
