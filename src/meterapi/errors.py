@@ -104,3 +104,15 @@ class StripeUnavailable(DomainError):
     status_code = 503
     code = "stripe_unavailable"
     message = "Stripe could not be reached; try again shortly."
+
+
+class BillingNotConfigured(DomainError):
+    status_code = 503
+    code = "billing_not_configured"
+    message = "Subscriptions are not available: set METERAPI_STRIPE_PRICE_ID."
+
+
+class StripeRejected(DomainError):
+    status_code = 502
+    code = "stripe_error"
+    message = "Stripe refused the request."
