@@ -25,7 +25,9 @@ def upgrade() -> None:
         sa.Column("subscription_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
         sa.Column("at", meterapi.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("good", sa.Boolean(), nullable=False),
-        sa.PrimaryKeyConstraint("subscription_id", "at", "good", name=op.f("pk_subscription_signal")),
+        sa.PrimaryKeyConstraint(
+            "subscription_id", "at", "good", name=op.f("pk_subscription_signal")
+        ),
     )
 
 

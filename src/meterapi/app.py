@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from meterapi import __version__
-from meterapi.api import ops
+from meterapi.api import data, keys, ops
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.config import Settings
@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
+    app.include_router(keys.router)
+    app.include_router(data.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, make_engine, make_sessionmaker
+from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
@@ -25,6 +26,7 @@ class Runtime:
     recorder: UsageRecorder
     reporter: Reporter
     invoices: InvoicePreviews
+    keys: KeyGuard
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -49,9 +51,12 @@ class Runtime:
             recorder=UsageRecorder(sessionmaker, on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
+            keys=KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker),
         )
 
     async def start(self) -> None:
+        """Start the background work (the lifespan calls this before serving)."""
+        await self.keys.start()
         self.recorder.start()
         self.reporter.start()
 
@@ -60,6 +65,7 @@ class Runtime:
         try:
             await self.recorder.stop()
             await self.reporter.stop()
+            await self.keys.stop()
         finally:
             await self.gateway.close()
             await self.engine.dispose()

@@ -1,0 +1,155 @@
+"""The customer's own keys: list, create, rotate, revoke (authenticated with one of them)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from meterapi.api.deps import ApiKeyDep, RuntimeDep, SessionDep
+from meterapi.keys import service
+from meterapi.models import ApiKey
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Key sent in the query string, or two different keys sent"},
+    401: {"description": "Missing or invalid API key"},
+    402: {"description": "The subscription does not allow access"},
+}
+
+
+class KeyPublic(BaseModel):
+    """A key as listings show it: never the key itself, never its hash."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    prefix: str
+    last4: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyList(BaseModel):
+    data: list[KeyPublic]
+
+
+class KeyCreated(BaseModel):
+    """The new key's plaintext (shown this once only) and its public description."""
+
+    api_key: str = Field(description="The key itself. Store it now: it is never shown again.")
+    key: KeyPublic
+
+    @classmethod
+    def of(cls, key: ApiKey, plaintext: str) -> KeyCreated:
+        return cls(api_key=plaintext, key=KeyPublic.model_validate(key))
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="default", min_length=1, max_length=100)
+    expires_at: datetime | None = Field(
+        default=None, description="When the key stops working; a time without zone is UTC."
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(
+        default=service.DEFAULT_GRACE_SECONDS,
+        ge=0,
+        le=30 * 86_400,
+        description="How long the old key keeps working; 0 expires it now.",
+    )
+
+
+@router.get(
+    "",
+    summary="List your keys, revoked and expired ones included",
+    response_model=KeyList,
+    responses=_ERRORS,
+)
+async def list_keys(caller: ApiKeyDep, session: SessionDep) -> KeyList:
+    keys = await service.list_keys(session, customer_id=caller.customer_id)
+    return KeyList(data=[KeyPublic.model_validate(k) for k in keys])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=KeyCreated,
+    summary="Create another key; its plaintext is in this response only",
+    responses={**_ERRORS, 422: {"description": "Malformed body, or expires_at in the past"}},
+)
+async def create_key(
+    caller: ApiKeyDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: Annotated[KeyCreate | None, Body()] = None,
+) -> KeyCreated:
+    body = body or KeyCreate()
+    key, plaintext = await service.issue(
+        session,
+        customer_id=caller.customer_id,
+        name=body.name,
+        expires_at=body.expires_at,
+        pepper=runtime.keys.pepper,
+        live=runtime.keys.live,
+    )
+    return KeyCreated.of(key, plaintext)
+
+
+@router.post(
+    "/{key_id}/rotate",
+    status_code=201,
+    response_model=KeyCreated,
+    summary="Replace a key; the old one keeps working for grace_seconds (default 3600)",
+    responses={**_ERRORS, 404: {"description": "No active key of yours with this id"}},
+)
+async def rotate_key(
+    key_id: str,
+    caller: ApiKeyDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    body: Annotated[KeyRotate | None, Body()] = None,
+) -> KeyCreated:
+    body = body or KeyRotate()
+    key, plaintext = await service.rotate(
+        session,
+        customer_id=caller.customer_id,
+        key_id=key_id,
+        grace_seconds=body.grace_seconds,
+        pepper=runtime.keys.pepper,
+        live=runtime.keys.live,
+    )
+    return KeyCreated.of(key, plaintext)
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    summary="Revoke a key now, in every worker and replica",
+    responses={
+        **_ERRORS,
+        404: {"description": "No key of yours with this id"},
+        409: {"description": "Your only active key: rotate it instead (grace_seconds: 0)"},
+    },
+)
+async def revoke_key(key_id: str, caller: ApiKeyDep, session: SessionDep) -> Response:
+    await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
+    return Response(status_code=204)

@@ -1,0 +1,168 @@
+"""The in-process key cache: what makes a warm key cost zero database statements.
+
+Three bounded LRU maps, all keyed by non-secret values:
+
+- ``digest → KeyEntry`` for known, usable keys. An entry lives at most ``ttl_s`` and never past
+  the key's ``expires_at`` (the caller also checks ``expires_at`` on every hit).
+- ``digest`` → "no such usable key" (unknown, revoked or expired), so a flood of well-formed
+  random keys costs one database read per distinct key, then none.
+- ``customer id → CustomerEntry``: the subscription state the access policy reads, so that
+  a hit needs no customer read either.
+
+Invalidation (see ``invalidation``) removes entries by key id or customer id, or everything.
+Every invalidation advances ``generation``; a fill records the generation before its database
+read and is dropped if an invalidation happened meanwhile, so a read that raced a revocation
+can never re-insert the stale state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    key_id: str
+    customer_id: int
+    expires_at: datetime | None
+    valid_until: float  # on the cache's monotonic clock
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerEntry:
+    customer_id: int
+    stripe_customer_id: str
+    subscription_status: str | None
+    past_due_since: datetime | None
+    valid_until: float
+
+
+class KeyCache:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 100_000,
+        ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.generation = 0
+        self.revision: int | None = None  # the cache_revision this cache is known to reflect
+        self._keys: OrderedDict[str, KeyEntry] = OrderedDict()
+        self._key_digests: dict[str, str] = {}
+        self._misses: OrderedDict[str, float] = OrderedDict()
+        self._customers: OrderedDict[int, CustomerEntry] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyCache(keys={len(self._keys)}, misses={len(self._misses)}, "
+            f"customers={len(self._customers)}, generation={self.generation})"
+        )
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def key(self, digest: str) -> KeyEntry | None:
+        entry = self._keys.get(digest)
+        if entry is None:
+            return None
+        if entry.valid_until <= self.clock():
+            self._drop_key(digest)
+            return None
+        self._keys.move_to_end(digest)
+        return entry
+
+    def is_known_miss(self, digest: str) -> bool:
+        until = self._misses.get(digest)
+        if until is None:
+            return False
+        if until <= self.clock():
+            del self._misses[digest]
+            return False
+        self._misses.move_to_end(digest)
+        return True
+
+    def customer(self, customer_id: int) -> CustomerEntry | None:
+        entry = self._customers.get(customer_id)
+        if entry is None:
+            return None
+        if entry.valid_until <= self.clock():
+            del self._customers[customer_id]
+            return None
+        self._customers.move_to_end(customer_id)
+        return entry
+
+    # -- fills (dropped when an invalidation happened since ``generation`` was read) ---------
+
+    def lifetime(self, now: datetime, expires_at: datetime | None) -> float:
+        """Until when (monotonic) an entry may live: the TTL, capped at ``expires_at``."""
+        seconds = self.ttl_s
+        if expires_at is not None:
+            seconds = min(seconds, (expires_at - now).total_seconds())
+        return self.clock() + seconds
+
+    def put_key(self, digest: str, entry: KeyEntry, *, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._drop_key(digest)
+        self._keys[digest] = entry
+        self._key_digests[entry.key_id] = digest
+        while len(self._keys) > self.max_entries:
+            self._drop_key(next(iter(self._keys)))
+
+    def put_miss(self, digest: str, *, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._misses[digest] = self.clock() + self.ttl_s
+        self._misses.move_to_end(digest)
+        while len(self._misses) > self.max_entries:
+            self._misses.popitem(last=False)
+
+    def put_customer(self, entry: CustomerEntry, *, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._customers[entry.customer_id] = entry
+        self._customers.move_to_end(entry.customer_id)
+        while len(self._customers) > self.max_entries:
+            self._customers.popitem(last=False)
+
+    # -- invalidation ----------------------------------------------------------------------
+
+    def invalidate(self, *, key_ids: Iterable[str] = (), customer_ids: Iterable[int] = ()) -> None:
+        self.generation += 1
+        for key_id in key_ids:
+            digest = self._key_digests.get(key_id)
+            if digest is not None:
+                self._drop_key(digest)
+        for customer_id in customer_ids:
+            self._customers.pop(customer_id, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._keys.clear()
+        self._key_digests.clear()
+        self._misses.clear()
+        self._customers.clear()
+
+    def observe_revision(self, revision: int) -> bool:
+        """The database's ``cache_revision`` as just read; clears everything if it moved."""
+        if revision == self.revision:
+            return False
+        self.revision = revision
+        self.clear()
+        return True
+
+    def advance_revision(self, revision: int) -> None:
+        """A change we applied ourselves: skip the full clear if it is the very next one."""
+        if self.revision is not None and revision == self.revision + 1:
+            self.revision = revision
+
+    def _drop_key(self, digest: str) -> None:
+        entry = self._keys.pop(digest, None)
+        if entry is not None and self._key_digests.get(entry.key_id) == digest:
+            del self._key_digests[entry.key_id]

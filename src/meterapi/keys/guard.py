@@ -1,0 +1,85 @@
+"""``KeyGuard``: one process's long-lived key machinery — the cache, its invalidation, and the
+``last_used_at`` writer — and the authentication call the API's dependency makes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from meterapi.config import Settings
+from meterapi.db import Sessionmaker
+from meterapi.keys import invalidation, service
+from meterapi.keys.cache import KeyCache
+from meterapi.keys.format import is_live_stripe_key
+from meterapi.keys.invalidation import Invalidator
+from meterapi.keys.last_used import LastUsedTracker
+from meterapi.models import utcnow
+
+
+class KeyGuard:
+    def __init__(
+        self,
+        *,
+        pepper: bytes,
+        live: bool,
+        past_due_grace_s: int,
+        cache: KeyCache,
+        invalidator: Invalidator,
+        last_used: LastUsedTracker,
+    ) -> None:
+        self._pepper = pepper
+        self.live = live
+        self.past_due_grace_s = past_due_grace_s
+        self.cache = cache
+        self.invalidator = invalidator
+        self.last_used = last_used
+
+    def __repr__(self) -> str:  # never the pepper
+        return f"KeyGuard(live={self.live}, cache={self.cache!r})"
+
+    @classmethod
+    def build(
+        cls, settings: Settings, *, engine: AsyncEngine, sessionmaker: Sessionmaker
+    ) -> KeyGuard:
+        """Build without I/O and attach the cache to ``sessionmaker``'s commits."""
+        cache = KeyCache(max_entries=settings.key_cache_size, ttl_s=settings.key_cache_ttl_s)
+        invalidation.attach(sessionmaker, cache)
+        secret = settings.stripe_secret_key
+        return cls(
+            pepper=settings.pepper_bytes(),
+            live=is_live_stripe_key(secret.get_secret_value() if secret else None),
+            past_due_grace_s=settings.past_due_grace_s,
+            cache=cache,
+            invalidator=Invalidator(cache, engine=engine, database_url=settings.database_url),
+            last_used=LastUsedTracker(sessionmaker),
+        )
+
+    @property
+    def pepper(self) -> bytes:
+        return self._pepper
+
+    async def start(self) -> None:
+        await self.invalidator.start()
+        self.last_used.start()
+
+    async def stop(self) -> None:
+        await self.invalidator.stop()
+        await self.last_used.stop()
+
+    async def authenticate(
+        self, session: AsyncSession, plaintext: str, *, now: datetime | None = None
+    ) -> service.Principal:
+        """``service.authenticate`` with this process's cache; notes the use for last_used_at."""
+        now = now or utcnow()
+        principal = await service.authenticate(
+            session,
+            plaintext,
+            pepper=self._pepper,
+            cache=self.cache,
+            past_due_grace_s=self.past_due_grace_s,
+            now=now,
+        )
+        self.last_used.note(principal.key_id, now)
+        return principal

@@ -1,0 +1,92 @@
+"""Helpers for the API-key tests: seed customers and keys, count SQL statements."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import event
+
+from meterapi.db import Sessionmaker, session_scope
+from meterapi.keys import service
+from meterapi.models import ApiKey, Customer
+from meterapi.runtime import Runtime
+
+KEY_TABLES = re.compile(r"\b(api_key|customer)\b", re.IGNORECASE)
+
+
+def runtime_of(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+async def seed_customer(
+    sessionmaker: Sessionmaker,
+    *,
+    stripe_customer_id: str = "cus_alpha",
+    status: str | None = "active",
+    past_due_since: datetime | None = None,
+) -> int:
+    async with session_scope(sessionmaker) as session:
+        customer = Customer(
+            stripe_customer_id=stripe_customer_id,
+            subscription_id=f"sub_{stripe_customer_id}" if status else None,
+            subscription_status=status,
+            past_due_since=past_due_since,
+        )
+        session.add(customer)
+        await session.flush()
+        assert customer.id is not None
+        return customer.id
+
+
+async def seed_key(app: FastAPI, customer_id: int, **kwargs: Any) -> tuple[ApiKey, str]:
+    runtime = runtime_of(app)
+    async with session_scope(runtime.sessionmaker) as session:
+        return await service.issue(
+            session, customer_id=customer_id, pepper=runtime.keys.pepper, live=False, **kwargs
+        )
+
+
+async def seed_customer_with_key(
+    app: FastAPI, *, stripe_customer_id: str = "cus_alpha", **customer: Any
+) -> tuple[int, str]:
+    customer_id = await seed_customer(
+        runtime_of(app).sessionmaker, stripe_customer_id=stripe_customer_id, **customer
+    )
+    _key, plaintext = await seed_key(app, customer_id)
+    return customer_id, plaintext
+
+
+@dataclass
+class StatementLog:
+    statements: list[str] = field(default_factory=list)
+
+    def touching_keys(self) -> list[str]:
+        """Statements that read or write the api_key or customer tables."""
+        return [s for s in self.statements if KEY_TABLES.search(s)]
+
+
+@contextmanager
+def count_statements(app: FastAPI) -> Iterator[StatementLog]:
+    """Every statement the app's engine sends while the block runs."""
+    engine = runtime_of(app).engine.sync_engine
+    log = StatementLog()
+
+    def record(*args: Any) -> None:
+        log.statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield log
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}

@@ -1,0 +1,160 @@
+"""Self-service key management: list, create, rotate, revoke; last_used_at."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import FastAPI
+
+from tests.integration.keys_support import headers, runtime_of, seed_customer_with_key
+
+PUBLIC_FIELDS = {
+    "id",
+    "name",
+    "prefix",
+    "last4",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+}
+
+
+async def test_list_shows_public_fields_only(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, key = await seed_customer_with_key(app)
+    response = await client.get("/v1/keys", headers=headers(key))
+    assert response.status_code == 200
+    [listed] = response.json()["data"]
+    assert set(listed) == PUBLIC_FIELDS
+    assert listed["prefix"] == key[:12] and listed["last4"] == key[-4:]
+    assert key not in response.text and "digest" not in response.text
+
+
+async def test_create_returns_the_key_once(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, key = await seed_customer_with_key(app)
+    response = await client.post(
+        "/v1/keys", headers=headers(key), json={"name": "ci", "expires_at": "2999-01-01T00:00:00Z"}
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"api_key", "key"} and set(body["key"]) == PUBLIC_FIELDS
+    assert body["key"]["name"] == "ci" and body["key"]["expires_at"].startswith("2999-01-01")
+    assert (await client.get("/v1/data", headers=headers(body["api_key"]))).status_code == 200
+    listing = await client.get("/v1/keys", headers=headers(key))
+    assert len(listing.json()["data"]) == 2 and body["api_key"] not in listing.text
+    no_body = await client.post("/v1/keys", headers=headers(key))
+    assert no_body.status_code == 201 and no_body.json()["key"]["name"] == "default"
+
+
+async def test_create_refuses_bad_bodies(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, key = await seed_customer_with_key(app)
+    past = await client.post(
+        "/v1/keys", headers=headers(key), json={"expires_at": "2001-01-01T00:00:00Z"}
+    )
+    assert past.status_code == 422 and past.json()["error"]["code"] == "validation_error"
+    broken = await client.post(
+        "/v1/keys", headers={**headers(key), "Content-Type": "application/json"}, content=b"{"
+    )
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "validation_error"
+    listing = await client.get("/v1/keys", headers=headers(key))
+    assert len(listing.json()["data"]) == 1  # nothing was created
+
+
+async def test_rotate_keeps_the_old_key_for_the_grace(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, old = await seed_customer_with_key(app)
+    [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
+    rotated = await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))
+    assert rotated.status_code == 201
+    new = rotated.json()["api_key"]
+    assert (await client.get("/v1/data", headers=headers(old))).status_code == 200
+    assert (await client.get("/v1/data", headers=headers(new))).status_code == 200
+    # A second rotation with a one-second grace: refused once the grace has passed.
+    second = await client.post(
+        f"/v1/keys/{listed['id']}/rotate", headers=headers(new), json={"grace_seconds": 1}
+    )
+    assert second.status_code == 201
+    assert (await client.get("/v1/data", headers=headers(old))).status_code == 200
+    await asyncio.sleep(1.1)
+    late = await client.get("/v1/data", headers=headers(old))
+    assert late.status_code == 401 and late.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_rotate_with_no_grace_refuses_the_old_key_at_once(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, old = await seed_customer_with_key(app)
+    assert (await client.get("/v1/data", headers=headers(old))).status_code == 200  # cached
+    [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
+    rotated = await client.post(
+        f"/v1/keys/{listed['id']}/rotate", headers=headers(old), json={"grace_seconds": 0}
+    )
+    assert rotated.status_code == 201
+    assert (await client.get("/v1/data", headers=headers(old))).status_code == 401
+    assert (await client.get("/v1/data", headers=headers(rotated.json()["api_key"]))).is_success
+    negative = await client.post(
+        f"/v1/keys/{listed['id']}/rotate",
+        headers=headers(rotated.json()["api_key"]),
+        json={"grace_seconds": -1},
+    )
+    assert negative.status_code == 422
+
+
+async def test_revoke_takes_effect_on_the_next_request(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    created = (await client.post("/v1/keys", headers=headers(key))).json()
+    second = created["api_key"]
+    assert (await client.get("/v1/data", headers=headers(second))).status_code == 200  # cached
+    response = await client.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
+    assert response.status_code == 204 and response.content == b""
+    refused = await client.get("/v1/data", headers=headers(second))
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    again = await client.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
+    assert again.status_code == 204
+    listing = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
+    assert {k["id"]: k["revoked_at"] is not None for k in listing}[created["key"]["id"]]
+
+
+async def test_the_only_active_key_cannot_be_revoked(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    [listed] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
+    response = await client.delete(f"/v1/keys/{listed['id']}", headers=headers(key))
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "last_active_key"
+    assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+
+
+async def test_another_customers_key_is_not_found(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, mine = await seed_customer_with_key(app)
+    _, theirs = await seed_customer_with_key(app, stripe_customer_id="cus_beta")
+    created = (await client.post("/v1/keys", headers=headers(theirs))).json()
+    their_id = created["key"]["id"]
+    for response in (
+        await client.delete(f"/v1/keys/{their_id}", headers=headers(mine)),
+        await client.post(f"/v1/keys/{their_id}/rotate", headers=headers(mine)),
+        await client.delete("/v1/keys/key_doesnotexist", headers=headers(mine)),
+    ):
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+    assert (await client.get("/v1/data", headers=headers(created["api_key"]))).status_code == 200
+    mine_listed = (await client.get("/v1/keys", headers=headers(mine))).json()["data"]
+    assert their_id not in {k["id"] for k in mine_listed}
+
+
+async def test_last_used_at_is_written_in_the_background(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    [before] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
+    # The request only noted the use; the row is written by the flusher, off the request path.
+    assert before["last_used_at"] is None
+    assert await runtime_of(app).keys.last_used.flush() == 1
+    [after] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
+    assert after["last_used_at"] is not None
+    assert await runtime_of(app).keys.last_used.flush() == 0  # debounced: once a minute per key

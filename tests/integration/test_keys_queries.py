@@ -1,0 +1,84 @@
+"""The cache, measured in SQL statements (a ``before_cursor_execute`` hook on the app engine)."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from meterapi.keys import format as key_format
+from tests.integration.keys_support import (
+    count_statements,
+    headers,
+    runtime_of,
+    seed_customer_with_key,
+)
+
+CALLS = 1000
+
+
+async def test_a_warm_key_costs_no_key_query(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, key = await seed_customer_with_key(app)
+    with count_statements(app) as cold:
+        assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+    assert len(cold.touching_keys()) == 1  # one joined read of the key and its customer
+    await runtime_of(app).keys.last_used.flush()
+    with count_statements(app) as warm:
+        for _ in range(CALLS):
+            response = await client.get("/v1/data", headers=headers(key))
+            assert response.status_code == 200
+    assert warm.touching_keys() == []
+
+
+async def test_an_inactive_customer_is_refused_from_the_cache(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app, status="canceled")
+    assert (await client.get("/v1/data", headers=headers(key))).status_code == 402
+    with count_statements(app) as warm:
+        for _ in range(100):
+            assert (await client.get("/v1/data", headers=headers(key))).status_code == 402
+    assert warm.touching_keys() == []
+
+
+async def test_the_same_unknown_key_is_read_once(app: FastAPI, client: httpx.AsyncClient) -> None:
+    unknown = key_format.generate(live=False)
+    with count_statements(app) as log:
+        for _ in range(CALLS):
+            assert (await client.get("/v1/data", headers=headers(unknown))).status_code == 401
+    assert len(log.touching_keys()) == 1
+
+
+async def test_random_keys_cost_one_read_each_then_none(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    randoms = [key_format.generate(live=False) for _ in range(CALLS)]
+    with count_statements(app) as first:
+        for key in randoms:
+            assert (await client.get("/v1/data", headers=headers(key))).status_code == 401
+    assert len(first.touching_keys()) == CALLS
+    with count_statements(app) as again:
+        for key in randoms:
+            assert (await client.get("/v1/data", headers=headers(key))).status_code == 401
+    assert again.touching_keys() == []
+
+
+async def test_bad_checksums_cost_no_statement_at_all(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    typos = []
+    for _ in range(CALLS):
+        key = key_format.generate(live=False)
+        typos.append(key[:-1] + ("0" if key[-1] != "0" else "1"))
+    with count_statements(app) as log:
+        for key in typos:
+            assert (await client.get("/v1/data", headers=headers(key))).status_code == 401
+    assert log.touching_keys() == []
+    # Only background work may run meanwhile: the cache poller's revision read and the usage
+    # reporter's cycle (metering), neither of which touches keys or customers.
+    assert all(
+        "cache_revision" in statement
+        or statement == "BEGIN IMMEDIATE"
+        or "FROM usage_event" in statement
+        or "FROM usage_report" in statement
+        for statement in log.statements
+    )
