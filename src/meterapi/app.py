@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from meterapi import __version__
-from meterapi.api import data, keys, ops
+from meterapi.api import billing, claim, data, keys, ops, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.config import Settings
@@ -38,7 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
+    # The claim route first: /v1/keys/claim must not be taken for a key id by the keys router.
+    app.include_router(claim.router)
     app.include_router(keys.router)
+    app.include_router(billing.router)
+    app.include_router(webhooks.router)
     app.include_router(data.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-_BUMP = text("UPDATE cache_revision SET revision = revision + 1 WHERE id = 1")
+from meterapi.keys import invalidation
 
 
 async def access_changed(session: AsyncSession, *, customer_id: int) -> None:
-    """Invalidate cached access for the customer once the transaction commits."""
-    # Bumping the shared revision makes every process drop its cached key and customer entries.
-    await session.execute(_BUMP)
+    """Drop cached access for the customer everywhere once the transaction commits."""
+    await invalidation.bump(session, customer_id=customer_id)
