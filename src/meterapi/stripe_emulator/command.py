@@ -1,0 +1,44 @@
+"""`meterapi stripe-emulator`: run the emulator in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from .app import create_emulator_app
+from .webhooks import DEFAULT_WEBHOOK_SECRET
+
+DEFAULT_PORT = 12111
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meterapi stripe-emulator",
+        description="A local, stateful Stripe-compatible server. Test mode only.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--webhook-url", default=None, help="where to deliver signed webhook events")
+    p.add_argument("--webhook-secret", default=DEFAULT_WEBHOOK_SECRET)
+    p.add_argument("--state-file", default=None, help="persist state to this JSON file")
+    p.add_argument("--public-url", default=None, help="base URL of the hosted pages")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    app = create_emulator_app(
+        webhook_url=args.webhook_url,
+        webhook_secret=args.webhook_secret,
+        state_file=args.state_file,
+        public_url=args.public_url,
+    )
+    print(
+        f"Stripe emulator on http://{args.host}:{args.port} (test mode: no real money moves)\n"
+        f"  any sk_test_… key is accepted; webhooks → {args.webhook_url or '(none)'}\n"
+        f"  webhook secret: {args.webhook_secret}",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
