@@ -41,7 +41,7 @@ async def claim_first_key(
     # Exactly one of several concurrent claims changes the row: on PostgreSQL the others wait
     # for its row lock, then find claimed_at set; on SQLite writers are serialised.
     now = utcnow()
-    result = await session.execute(
+    result = await session.exec(
         update(CheckoutSession)
         .where(
             col(CheckoutSession.id) == checkout_session_id,

@@ -93,7 +93,7 @@ async def record_signal(
 ) -> None:
     values = {"subscription_id": subscription_id, "at": at, "good": good}
     table = SubscriptionSignal.__table__  # type: ignore[attr-defined]
-    await session.execute(
+    await session.exec(
         insert_or_ignore(session, table, values, conflict=["subscription_id", "at", "good"])
     )
 
@@ -126,7 +126,7 @@ async def _lock_customer(session: AsyncSession, *, stripe_customer_id: str) -> C
         "updated_at": now,
     }
     table = Customer.__table__  # type: ignore[attr-defined]
-    await session.execute(insert_or_ignore(session, table, values, conflict=["stripe_customer_id"]))
+    await session.exec(insert_or_ignore(session, table, values, conflict=["stripe_customer_id"]))
     query = (
         select(Customer)
         .where(Customer.stripe_customer_id == stripe_customer_id)
@@ -302,6 +302,6 @@ async def provision_from_checkout(
     assert customer.id is not None
     values = {"id": str(checkout_session["id"]), "customer_id": customer.id, "created_at": utcnow()}
     table = CheckoutSession.__table__  # type: ignore[attr-defined]
-    await session.execute(insert_or_ignore(session, table, values, conflict=["id"]))
+    await session.exec(insert_or_ignore(session, table, values, conflict=["id"]))
     await session.flush()
     return customer

@@ -112,25 +112,23 @@ async def _take(
     }
     table = StripeEvent.__table__  # type: ignore[attr-defined]
     statement = insert_or_ignore(session, table, values, conflict=["id"]).returning(table.c.id)
-    if (await session.execute(statement)).scalar_one_or_none() is not None:
+    if (await session.exec(statement)).scalar_one_or_none() is not None:
         return True
     # Already stored. Handle again only if it was never processed; the row lock this UPDATE
     # takes makes concurrent re-deliveries wait, then match nothing once one has processed it.
-    retry = await session.execute(
+    retry = await session.exec(
         update(StripeEvent)
         .where(col(StripeEvent.id) == event_id, col(StripeEvent.processed_at).is_(None))
         .values(attempts=StripeEvent.attempts + 1)
     )
-    return bool(retry.rowcount == 1)  # type: ignore[attr-defined]
+    return retry.rowcount == 1
 
 
 async def _finish(session: AsyncSession, event_id: str, *, error: str | None) -> None:
     values: dict[str, Any] = {"last_error": error}
     if error is None:
         values["processed_at"] = utcnow()
-    await session.execute(
-        update(StripeEvent).where(col(StripeEvent.id) == event_id).values(**values)
-    )
+    await session.exec(update(StripeEvent).where(col(StripeEvent.id) == event_id).values(**values))
 
 
 def _describe(exc: Exception) -> str:
