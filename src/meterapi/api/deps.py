@@ -9,6 +9,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, MissingApiKey
 from meterapi.keys.service import Principal
@@ -29,6 +30,13 @@ async def get_settings(runtime: RuntimeDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_gateway(runtime: RuntimeDep) -> StripeGateway:
+    return runtime.gateway
+
+
+GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
 
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
