@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from meterapi import __version__
-from meterapi.api import data, keys, ops
+from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.timing import RequestTiming
@@ -42,7 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(data.router)  # the paid route first: matched on every paid request
+    # The claim route before the keys router: /v1/keys/claim is not a key id.
+    app.include_router(claim.router)
     app.include_router(keys.router)
+    app.include_router(usage.router)
+    app.include_router(billing.router)
+    app.include_router(webhooks.router)
     app.include_router(dashboard_router)
     if settings.cors_origins:
         app.add_middleware(

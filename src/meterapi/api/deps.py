@@ -9,13 +9,15 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, MissingApiKey
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async on purpose: FastAPI runs plain-function dependencies on a thread pool.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -23,11 +25,18 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_gateway(runtime: RuntimeDep) -> StripeGateway:
+    return runtime.gateway
+
+
+GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
 
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:

@@ -1,0 +1,168 @@
+"""Metering through the HTTP API: what is billable, the usage view, and failure modes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import stripe
+from fastapi import FastAPI
+from sqlmodel import func, select
+
+from meterapi.models import Customer, UsageEvent
+from meterapi.stripe_emulator import EmulatorControl
+from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key
+
+
+async def subscribed_customer(
+    app: FastAPI, sdk: stripe.StripeClient, control: EmulatorControl, price_id: str
+) -> tuple[str, str]:
+    """A customer who paid through Checkout in the emulator, with a key: (cus id, key)."""
+    checkout = await sdk.v1.checkout.sessions.create_async(
+        params={
+            "mode": "subscription",
+            "line_items": [{"price": price_id}],
+            "success_url": "http://127.0.0.1/ok?session_id={CHECKOUT_SESSION_ID}",
+        }
+    )
+    await control.complete_checkout(checkout.id, email="buyer@example.com")
+    done = await sdk.v1.checkout.sessions.retrieve_async(checkout.id)
+    assert isinstance(done.customer, str) and isinstance(done.subscription, str)
+    sessionmaker = runtime_of(app).sessionmaker
+    customer_id = await seed_customer(sessionmaker, stripe_customer_id=done.customer)
+    async with sessionmaker() as session:
+        customer = await session.get(Customer, customer_id)
+        assert customer is not None
+        customer.subscription_id = done.subscription
+        await session.commit()
+    _key, plaintext = await seed_key(app, customer_id)
+    return done.customer, plaintext
+
+
+async def ledger_units(app: FastAPI) -> int:
+    async with runtime_of(app).sessionmaker() as session:
+        return int(await session.scalar(select(func.coalesce(func.sum(UsageEvent.units), 0))) or 0)
+
+
+async def test_only_successful_calls_are_billed(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    stripe_sdk: stripe.StripeClient,
+    emulator_control: EmulatorControl,
+    stripe_price: str,
+) -> None:
+    cus, key = await subscribed_customer(app, stripe_sdk, emulator_control, stripe_price)
+    for _ in range(5):
+        assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+    refused = [
+        await client.get("/v1/data"),
+        await client.get("/v1/data", headers=headers(key[:-1] + "x")),
+        await client.get("/v1/data", headers=headers(key), params={"api_key": key}),
+        await client.get("/v1/keys", headers=headers(key)),  # free
+    ]
+    assert [r.status_code for r in refused] == [401, 401, 400, 200]
+    assert await ledger_units(app) == 5
+
+    runtime = runtime_of(app)
+    assert await runtime.reporter.flush(timeout_s=10) == 0
+    assert (await emulator_control.meter_events(customer=cus))["totals"][cus] == 5
+
+    usage = (await client.get("/v1/usage", headers=headers(key))).json()
+    assert (await client.get("/v1/usage", headers=headers(key))).json()["units"] == 5  # free
+    assert usage["customer_id"] == cus
+    assert (usage["units"], usage["reported_units"], usage["pending_units"]) == (5, 5, 0)
+    today = datetime.now(UTC).date().isoformat()
+    assert usage["by_day"] == [{"date": today, "units": 5}]
+    start = datetime.fromisoformat(usage["period"]["start"])
+    end = datetime.fromisoformat(usage["period"]["end"])
+    assert start <= datetime.now(UTC) < end
+    invoice = usage["upcoming_invoice"]
+    # 5 units at 0.5 cent: Stripe rounds the line to whole cents.
+    assert invoice is not None and invoice["currency"] == "usd"
+    assert invoice["amount_due"] in (2, 3) and invoice["lines"][0]["quantity"] == 5
+    assert usage["warning"] is None
+
+
+async def test_usage_pending_before_the_reporter_runs(
+    db_url: str,
+    stripe_emulator: object,
+    stripe_price: str,
+) -> None:
+    from meterapi.app import create_app
+    from meterapi.stripe_emulator import EmulatorServer
+    from tests.conftest import stripe_settings
+
+    assert isinstance(stripe_emulator, EmulatorServer)
+    app = create_app(stripe_settings(db_url, stripe_emulator, stripe_price, report_interval_s=600))
+    async with app.router.lifespan_context(app):
+        customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_p")
+        _key, key = await seed_key(app, customer_id)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for _ in range(3):
+                assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+            usage = (await client.get("/v1/usage", headers=headers(key))).json()
+    assert (usage["units"], usage["reported_units"], usage["pending_units"]) == (3, 0, 3)
+
+
+async def test_stripe_down_still_answers_usage(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    stripe_sdk: stripe.StripeClient,
+    emulator_control: EmulatorControl,
+    stripe_price: str,
+) -> None:
+    _cus, key = await subscribed_customer(app, stripe_sdk, emulator_control, stripe_price)
+    assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+    await emulator_control.inject_fault(
+        "error", path="/v1/invoices/create_preview", status=500, count=None
+    )
+    response = await client.get("/v1/usage", headers=headers(key))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["units"] == 1
+    assert body["upcoming_invoice"] is None
+    assert "unavailable" in body["warning"]
+
+
+async def test_a_call_that_cannot_be_recorded_is_refused_not_served(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_x")
+    _key, key = await seed_key(app, customer_id)
+    await runtime_of(app).recorder.stop()  # the ledger is gone
+    response = await client.get("/v1/data", headers=headers(key))
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "usage_unavailable"
+    assert await ledger_units(app) == 0
+
+
+async def test_usage_is_only_ever_the_callers_own(app: FastAPI, client: httpx.AsyncClient) -> None:
+    a = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_a")
+    b = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_b")
+    _ka, key_a = await seed_key(app, a)
+    _kb, key_b = await seed_key(app, b)
+    for _ in range(2):
+        await client.get("/v1/data", headers=headers(key_a))
+    await client.get("/v1/data", headers=headers(key_b))
+    usage_a = (await client.get("/v1/usage", headers=headers(key_a))).json()
+    usage_b = (await client.get("/v1/usage", headers=headers(key_b))).json()
+    assert (usage_a["customer_id"], usage_a["units"]) == ("cus_a", 2)
+    assert (usage_b["customer_id"], usage_b["units"]) == ("cus_b", 1)
+    # No parameter selects another customer: unknown query parameters change nothing.
+    sneaky = await client.get("/v1/usage", headers=headers(key_b), params={"customer": "cus_a"})
+    assert sneaky.json()["units"] == 1
+
+
+async def test_metrics_show_usage_and_latency(app: FastAPI, client: httpx.AsyncClient) -> None:
+    customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_m")
+    _key, key = await seed_key(app, customer_id)
+    await client.get("/v1/data", headers=headers(key))
+    await client.get("/v1/data")
+    text = (await client.get("/metrics")).text
+    assert 'meterapi_request_duration_seconds_count{route="/v1/data",status="2xx"} 1' in text
+    assert 'meterapi_request_duration_seconds_count{route="/v1/data",status="4xx"} 1' in text
+    assert "meterapi_usage_units_recorded_total 1" in text
+    assert 'meterapi_auth_outcomes_total{code="missing_api_key"}' in text or (
+        "meterapi_auth_outcomes_total" in text
+    )
