@@ -102,11 +102,35 @@ def test_subscribe_pay_use_see_usage_and_revoke(
     expect(page.locator("#usage-units")).to_have_text("2")
     shots.take(page, "signed-in-with-second-key")
 
+    # Rotate this tab's key with no grace: the tab carries on with the replacement.
+    page.get_by_label("When you rotate a key").select_option("0")
+    page.get_by_role("button", name=re.compile(r"^Rotate key laptop ")).click()
+    expect(page.locator("#new-key-value")).to_have_text(re.compile(r"^mk_"))
+    expect(page.locator("#new-key-value")).not_to_have_text(second)
+    rotated = page.locator("#new-key-value").text_content() or ""
+    assert page.evaluate("sessionStorage.getItem('meterapi.api_key')") == rotated
+    expect(page.locator("#keys-body tr")).to_have_count(3)
+    expect(page.locator("#keys-body")).to_contain_text("Expired")
+    shots.take(page, "rotated-immediately")
+    with live_service.client() as http:
+        assert http.get("/v1/data", headers={"X-API-Key": second}).status_code == 401
+    page.get_by_role("button", name="I have saved it").click()
+
     page.set_viewport_size(PHONE)
     expect(page.locator("#usage-units")).to_be_visible()
     shots.take(page, "phone-375px")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px at 375px"
+
+    # The billing portal (the emulator's), and back: the tab is still signed in.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.get_by_role("button", name="Open billing portal").click()
+    page.wait_for_url(re.compile(r"/portal/"))
+    expect(page.get_by_role("heading", name="Your subscriptions")).to_be_visible()
+    shots.take(page, "billing-portal")
+    page.get_by_role("link", name="Return").click()
+    page.wait_for_url(re.compile(r"/dashboard$"))
+    expect(page.locator("#usage-units")).to_have_text("2")
 
 
 def test_a_stale_checkout_link_explains_itself(
