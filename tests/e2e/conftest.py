@@ -7,6 +7,7 @@ Without ``/usr/bin/chromium`` (or the playwright package) the tests skip and say
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -28,7 +29,8 @@ from tests.conftest import EMULATOR_WEBHOOK_SECRET, IN_CI, stripe_settings
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's chromium; METERAPI_TEST_CHROMIUM names another build (or a missing one, to see the skip).
+CHROMIUM = Path(os.environ.get("METERAPI_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -54,15 +56,20 @@ def _unavailable() -> str | None:
     return None
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    """A fresh chromium per test. Sync Playwright runs an event loop on this thread while it is
-    open, so it starts after (and stops before) the fixtures that use ``asyncio.run``."""
+@pytest.fixture(autouse=True)
+def _browser_available() -> None:
+    """Checked before anything starts: skip with the reason, or fail in CI."""
     problem = _unavailable()
     if problem:
         if IN_CI:
             pytest.fail(f"browser tests cannot run in CI: {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A fresh chromium per test. Sync Playwright runs an event loop on this thread while it is
+    open, so it starts after (and stops before) the fixtures that use ``asyncio.run``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+pytest.importorskip(
+    "playwright", reason="the playwright package is missing: pip install -e '.[dev]'"
+)
+
 from playwright.sync_api import Dialog, Locator, Page, expect
 
 from tests.e2e.conftest import LiveService, Screenshots

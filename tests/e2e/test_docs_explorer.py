@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+pytest.importorskip(
+    "playwright", reason="the playwright package is missing: pip install -e '.[dev]'"
+)
+
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import LiveService, Screenshots
