@@ -166,3 +166,18 @@ async def test_metrics_show_usage_and_latency(app: FastAPI, client: httpx.AsyncC
     assert 'meterapi_auth_outcomes_total{code="missing_api_key"}' in text or (
         "meterapi_auth_outcomes_total" in text
     )
+
+
+async def test_a_lapsed_customer_keeps_self_service_but_not_the_paid_api(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    customer_id = await seed_customer(
+        runtime_of(app).sessionmaker, stripe_customer_id="cus_lapsed", status="canceled"
+    )
+    _key, key = await seed_key(app, customer_id)
+    paid = await client.get("/v1/data", headers=headers(key))
+    assert paid.status_code == 402
+    assert paid.json()["error"]["code"] == "subscription_inactive"
+    assert (await client.get("/v1/usage", headers=headers(key))).status_code == 200
+    assert (await client.get("/v1/keys", headers=headers(key))).status_code == 200
+    assert await ledger_units(app) == 0

@@ -68,7 +68,8 @@ class ApiKeyAuth(APIKeyHeader):
     read here too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, require_access: bool) -> None:
+        self.require_access = require_access
         super().__init__(
             name="X-API-Key",
             scheme_name="ApiKey",
@@ -78,11 +79,15 @@ class ApiKeyAuth(APIKeyHeader):
         )
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        return await require_api_key(request)
+        return await require_api_key(request, require_access=self.require_access)
 
 
-async def require_api_key(request: Request) -> Principal:
-    """The authenticated caller; every refusal is a ``DomainError`` (CONTRACT §3)."""
+async def require_api_key(request: Request, *, require_access: bool = True) -> Principal:
+    """The authenticated caller; every refusal is a ``DomainError`` (CONTRACT §3).
+
+    ``require_access`` also refuses (402) a customer whose subscription does not allow use of
+    the paid API; the customer's self-service routes pass False.
+    """
     # Checked first and regardless of headers: a key in a URL is already in someone's logs.
     if request.scope["query_string"] and any(
         name.lower() in _QUERY_NAMES for name in request.query_params
@@ -103,12 +108,16 @@ async def require_api_key(request: Request) -> Principal:
     # The runtime straight from the app, not RuntimeDep: a plain-function dependency costs a
     # thread-pool hop. A warm key opens no database session at all.
     runtime: Runtime = request.app.state.runtime
-    principal = await runtime.keys.authenticate(presented)
+    principal = await runtime.keys.authenticate(presented, require_access=require_access)
     request.state.principal = principal  # for metered routes (api.metering)
     return principal
 
 
-_api_key_auth = ApiKeyAuth()  # one instance, so FastAPI resolves it once per request
-ApiKeyDep = Annotated[Principal, Security(_api_key_auth)]
-# The same caller, named for routes about the customer rather than the key.
-CustomerDep = Annotated[Principal, Security(_api_key_auth)]
+# One instance each, so FastAPI resolves each once per request.
+_paid_access = ApiKeyAuth(require_access=True)
+_self_service = ApiKeyAuth(require_access=False)
+# The paid API: a valid key of a customer whose subscription allows access.
+ApiKeyDep = Annotated[Principal, Security(_paid_access)]
+# The customer's own keys, usage and billing: any valid key, whatever the subscription's state,
+# so a lapsed customer can still see what they owe and reach the billing portal.
+CustomerDep = Annotated[Principal, Security(_self_service)]
