@@ -163,9 +163,8 @@ async def test_metrics_show_usage_and_latency(app: FastAPI, client: httpx.AsyncC
     assert 'meterapi_request_duration_seconds_count{route="/v1/data",status="2xx"} 1' in text
     assert 'meterapi_request_duration_seconds_count{route="/v1/data",status="4xx"} 1' in text
     assert "meterapi_usage_units_recorded_total 1" in text
-    assert 'meterapi_auth_outcomes_total{code="missing_api_key"}' in text or (
-        "meterapi_auth_outcomes_total" in text
-    )
+    assert 'meterapi_auth_outcomes_total{code="missing_api_key"} 1' in text
+    assert 'meterapi_auth_outcomes_total{code="ok"} 1' in text
 
 
 async def test_a_lapsed_customer_keeps_self_service_but_not_the_paid_api(
