@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
+from meterapi.db import session_scope
 from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, DomainError, MissingApiKey
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
@@ -41,13 +42,8 @@ GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
     """One session per request, committed after the endpoint and before the response is sent."""
-    async with runtime.sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    async with session_scope(runtime.sessionmaker) as session:
+        yield session
 
 
 # scope="function": the commit above runs before the response goes out, so a 2xx is never
