@@ -102,7 +102,11 @@ async def test_usage_pending_before_the_reporter_runs(
             for _ in range(3):
                 assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
             usage = (await client.get("/v1/usage", headers=headers(key))).json()
+            metrics = (await client.get("/metrics")).text
     assert (usage["units"], usage["reported_units"], usage["pending_units"]) == (3, 0, 3)
+    assert "meterapi_usage_pending_units 3\n" in metrics
+    age = float(metrics.split("meterapi_usage_oldest_unreported_age_seconds ")[1].split()[0])
+    assert 0 < age < 60
 
 
 async def test_stripe_down_still_answers_usage(
