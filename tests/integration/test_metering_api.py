@@ -105,7 +105,12 @@ async def test_usage_pending_before_the_reporter_runs(
             metrics = (await client.get("/metrics")).text
     assert (usage["units"], usage["reported_units"], usage["pending_units"]) == (3, 0, 3)
     assert "meterapi_usage_pending_units 3\n" in metrics
-    age = float(metrics.split("meterapi_usage_oldest_unreported_age_seconds ")[1].split()[0])
+    (age_line,) = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("meterapi_usage_oldest_unreported_age_seconds ")
+    ]
+    age = float(age_line.split()[1])
     assert 0 < age < 60
 
 
