@@ -102,7 +102,16 @@ async def test_usage_pending_before_the_reporter_runs(
             for _ in range(3):
                 assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
             usage = (await client.get("/v1/usage", headers=headers(key))).json()
+            metrics = (await client.get("/metrics")).text
     assert (usage["units"], usage["reported_units"], usage["pending_units"]) == (3, 0, 3)
+    assert "meterapi_usage_pending_units 3\n" in metrics
+    (age_line,) = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("meterapi_usage_oldest_unreported_age_seconds ")
+    ]
+    age = float(age_line.split()[1])
+    assert 0 < age < 60
 
 
 async def test_stripe_down_still_answers_usage(
@@ -163,9 +172,8 @@ async def test_metrics_show_usage_and_latency(app: FastAPI, client: httpx.AsyncC
     assert 'meterapi_request_duration_seconds_count{route="/v1/data",status="2xx"} 1' in text
     assert 'meterapi_request_duration_seconds_count{route="/v1/data",status="4xx"} 1' in text
     assert "meterapi_usage_units_recorded_total 1" in text
-    assert 'meterapi_auth_outcomes_total{code="missing_api_key"}' in text or (
-        "meterapi_auth_outcomes_total" in text
-    )
+    assert 'meterapi_auth_outcomes_total{code="missing_api_key"} 1' in text
+    assert 'meterapi_auth_outcomes_total{code="ok"} 1' in text
 
 
 async def test_a_lapsed_customer_keeps_self_service_but_not_the_paid_api(

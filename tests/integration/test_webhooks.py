@@ -226,3 +226,38 @@ async def test_checkout_without_price_configured_is_a_clear_503(db_url: str) -> 
             response = await client.post("/v1/checkout")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "billing_not_configured"
+
+
+async def test_replay_handles_events_that_stripe_stopped_delivering(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    sessionmaker: Sessionmaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from meterapi.billing import webhooks
+    from meterapi.db import session_scope
+    from meterapi.runtime import Runtime
+
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("down")
+
+    evt = event("customer.subscription.created", subscription(), created=T0)
+    with monkeypatch.context() as patch:
+        patch.setattr(subscriptions, "access_changed", broken)
+        assert (await deliver(client, evt)).status_code == 500
+    runtime: Runtime = app.state.runtime
+    async with session_scope(sessionmaker) as session:
+        receipts = await webhooks.replay_unprocessed(
+            session, gateway=runtime.gateway, price_id=PRICE
+        )
+    assert [(r.event_id, r.outcome) for r in receipts] == [(evt["id"], webhooks.Outcome.PROCESSED)]
+    async with sessionmaker() as session:
+        (stored,) = await inbox(session)
+        customer = await customer_by_stripe_id(session, "cus_1")
+    assert stored.processed_at is not None and stored.attempts == 2
+    assert customer is not None and customer.subscription_status == "active"
+    async with session_scope(sessionmaker) as session:  # nothing left to replay
+        assert (
+            await webhooks.replay_unprocessed(session, gateway=runtime.gateway, price_id=PRICE)
+            == []
+        )

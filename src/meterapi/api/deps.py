@@ -11,7 +11,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
-from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, MissingApiKey
+from meterapi.db import session_scope
+from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, DomainError, MissingApiKey
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
@@ -41,13 +42,8 @@ GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
     """One session per request, committed after the endpoint and before the response is sent."""
-    async with runtime.sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    async with session_scope(runtime.sessionmaker) as session:
+        yield session
 
 
 # scope="function": the commit above runs before the response goes out, so a 2xx is never
@@ -88,6 +84,20 @@ async def require_api_key(request: Request, *, require_access: bool = True) -> P
     ``require_access`` also refuses (402) a customer whose subscription does not allow use of
     the paid API; the customer's self-service routes pass False.
     """
+    # The runtime straight from the app, not RuntimeDep: one dependency level less on the
+    # hot path. A warm key opens no database session at all.
+    runtime: Runtime = request.app.state.runtime
+    try:
+        principal = await _authenticate(request, runtime, require_access=require_access)
+    except DomainError as exc:
+        runtime.metrics.auth_outcomes.inc(code=exc.code)
+        raise
+    runtime.metrics.auth_outcomes.inc(code="ok")
+    request.state.principal = principal  # for metered routes (api.metering)
+    return principal
+
+
+async def _authenticate(request: Request, runtime: Runtime, *, require_access: bool) -> Principal:
     # Checked first and regardless of headers: a key in a URL is already in someone's logs.
     if request.scope["query_string"] and any(
         name.lower() in _QUERY_NAMES for name in request.query_params
@@ -105,12 +115,7 @@ async def require_api_key(request: Request, *, require_access: bool = True) -> P
     presented = header_key or bearer_key
     if not presented:
         raise MissingApiKey()
-    # The runtime straight from the app, not RuntimeDep: a plain-function dependency costs a
-    # thread-pool hop. A warm key opens no database session at all.
-    runtime: Runtime = request.app.state.runtime
-    principal = await runtime.keys.authenticate(presented, require_access=require_access)
-    request.state.principal = principal  # for metered routes (api.metering)
-    return principal
+    return await runtime.keys.authenticate(presented, require_access=require_access)
 
 
 # One instance each, so FastAPI resolves each once per request.

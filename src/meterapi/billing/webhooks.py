@@ -12,13 +12,14 @@ single code path: every effect happens in the request that acknowledges it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import col
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
@@ -85,17 +86,60 @@ async def receive(
         session, event_id=event_id, event_type=event_type, created=created, payload=payload
     ):
         return Receipt(event_id, Outcome.DUPLICATE)
+    return await _handle_taken(
+        session, event=event, event_id=event_id, gateway=gateway, price_id=price_id
+    )
+
+
+async def _handle_taken(
+    session: AsyncSession,
+    *,
+    event: dict[str, Any],
+    event_id: str,
+    gateway: StripeGateway,
+    price_id: str | None,
+) -> Receipt:
+    """Handle an event this caller holds; a failure leaves it unprocessed, with its error."""
     try:
         async with session.begin_nested():
             handled = await handle(session, event=event, gateway=gateway, price_id=price_id)
     except Exception as exc:
         # Type only: an exception's text may carry customer data.
-        log.warning("webhook %s (%s) failed: %s", event_id, event_type, type(exc).__name__)
+        log.warning("webhook %s (%s) failed: %s", event_id, event.get("type"), type(exc).__name__)
         await _finish(session, event_id, error=_describe(exc))
         status = exc.status_code if isinstance(exc, DomainError) else 500
         return Receipt(event_id, Outcome.FAILED, status_code=max(status, 500))
     await _finish(session, event_id, error=None)
     return Receipt(event_id, Outcome.PROCESSED if handled else Outcome.IGNORED)
+
+
+async def replay_unprocessed(
+    session: AsyncSession, *, gateway: StripeGateway, price_id: str | None, limit: int = 100
+) -> list[Receipt]:
+    """Handle again the stored events whose handling failed (``meterapi webhooks replay``).
+
+    For events Stripe stopped re-delivering. Their signatures were verified when they arrived.
+    Rows are locked while handled, so a concurrent delivery of the same event waits.
+    """
+    stored = (
+        await session.exec(
+            select(StripeEvent)
+            .where(col(StripeEvent.processed_at).is_(None))
+            .order_by(col(StripeEvent.stripe_created_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    receipts = []
+    for row in stored:
+        row.attempts += 1
+        event = json.loads(row.payload)
+        receipts.append(
+            await _handle_taken(
+                session, event=event, event_id=row.id, gateway=gateway, price_id=price_id
+            )
+        )
+    return receipts
 
 
 async def _take(
