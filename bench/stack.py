@@ -33,7 +33,7 @@ from meterapi.stripe_emulator import EmulatorControl
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
 # Test-mode placeholders: the emulator accepts any sk_test_ key; nothing here is a secret.
-SECRET_KEY = "sk_test_bench"
+SECRET_KEY = "sk_test_bench"  # noqa: S105
 WEBHOOK_SECRET = "whsec_bench_not_secret"  # noqa: S105
 PEPPER = "bench-pepper-not-secret"
 START_TIMEOUT_S = 30.0
