@@ -65,6 +65,31 @@ async def test_record_returns_only_after_commit(sessionmaker: Sessionmaker) -> N
     await recorder.stop()
 
 
+async def test_recorded_rows_read_back_exactly(sessionmaker: Sessionmaker) -> None:
+    a = await add_customer(sessionmaker, "cus_A")
+    b = await add_customer(sessionmaker, "cus_B")
+    at = datetime(2026, 11, 25, 10, 0, 10, 123456, tzinfo=UTC)
+    recorder = UsageRecorder(sessionmaker)
+    recorder.start()
+    await asyncio.gather(
+        recorder.record(
+            customer_id=a, api_key_id="key_a", route="/v1/data", units=1, occurred_at=at
+        ),
+        recorder.record(
+            customer_id=b, api_key_id="key_b", route="/v1/other", units=5, occurred_at=at
+        ),
+    )
+    await recorder.stop()
+    async with sessionmaker() as session:
+        rows = (await session.exec(select(UsageEvent).order_by(col(UsageEvent.customer_id)))).all()
+    assert [
+        (r.customer_id, r.api_key_id, r.route, r.units, r.occurred_at, r.report_id) for r in rows
+    ] == [
+        (a, "key_a", "/v1/data", 1, at, None),
+        (b, "key_b", "/v1/other", 5, at, None),
+    ]
+
+
 async def test_a_failed_commit_fails_the_request(sessionmaker: Sessionmaker) -> None:
     recorder = UsageRecorder(sessionmaker)
     recorder.start()

@@ -5,6 +5,11 @@ the database's fsync the service's speed limit. So requests hand their row to on
 wait: while a commit is in flight, new rows gather, and the next commit takes them all at once.
 A request's wait ends when the transaction holding its row has committed (or failed, in which
 case the request fails too and nothing is billed).
+
+On PostgreSQL a batch is one ``INSERT … SELECT FROM unnest(…)`` run in autocommit: a single
+statement is atomic and, with ``synchronous_commit`` on, durable when it returns, so a batch costs
+one round trip instead of three (BEGIN, INSERT, COMMIT). Under load each round trip also waits its
+turn behind the requests the event loop is serving, so this shortens every metered request's wait.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from meterapi.db import Sessionmaker
 from meterapi.models import UsageEvent, utcnow
@@ -24,6 +29,12 @@ from meterapi.models import UsageEvent, utcnow
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
+
+_POSTGRES_INSERT = text(
+    "INSERT INTO usage_event (customer_id, api_key_id, route, units, occurred_at) "
+    "SELECT * FROM unnest(CAST(:customer_ids AS integer[]), CAST(:api_key_ids AS varchar[]), "
+    "CAST(:routes AS varchar[]), CAST(:units AS integer[]), CAST(:occurred_ats AS timestamptz[]))"
+)
 
 
 @dataclass(frozen=True)
@@ -92,22 +103,19 @@ class UsageRecorder:
                 return
 
     async def _commit(self, batch: list[tuple[Usage, asyncio.Future[None]]]) -> None:
-        rows = [
-            {
-                "customer_id": u.customer_id,
-                "api_key_id": u.api_key_id,
-                "route": u.route,
-                "units": u.units,
-                "occurred_at": u.occurred_at,
-            }
-            for u, _ in batch
-        ]
+        usages = [u for u, _ in batch]
         try:
             async with self._sessionmaker() as session:
-                await session.exec(insert(UsageEvent), params=rows)
+                if session.get_bind().dialect.name == "postgresql":
+                    connection = await session.connection(
+                        execution_options={"isolation_level": "AUTOCOMMIT"}
+                    )
+                    await connection.execute(_POSTGRES_INSERT, _columns(usages))
+                else:
+                    await session.exec(insert(UsageEvent), params=_rows(usages))
                 await session.commit()
         except Exception as exc:
-            log.error("usage batch of %d rows not committed: %s", len(rows), type(exc).__name__)
+            log.error("usage batch of %d rows not committed: %s", len(batch), type(exc).__name__)
             for _, done in batch:
                 if not done.done():
                     done.set_exception(LedgerUnavailable(type(exc).__name__))
@@ -118,3 +126,27 @@ class UsageRecorder:
         if self._on_commit is not None:
             with contextlib.suppress(Exception):
                 self._on_commit()
+
+
+def _rows(usages: list[Usage]) -> list[dict[str, object]]:
+    return [
+        {
+            "customer_id": u.customer_id,
+            "api_key_id": u.api_key_id,
+            "route": u.route,
+            "units": u.units,
+            "occurred_at": u.occurred_at,
+        }
+        for u in usages
+    ]
+
+
+def _columns(usages: list[Usage]) -> dict[str, object]:
+    """The batch as one array per column, for ``_POSTGRES_INSERT``."""
+    return {
+        "customer_ids": [u.customer_id for u in usages],
+        "api_key_ids": [u.api_key_id for u in usages],
+        "routes": [u.route for u in usages],
+        "units": [u.units for u in usages],
+        "occurred_ats": [u.occurred_at for u in usages],
+    }
