@@ -15,8 +15,12 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 class KeyClaim(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Stripe ids are letters, digits and underscores; anything else cannot name a session.
     checkout_session_id: str = Field(
-        min_length=1, max_length=255, description="The Checkout Session id (cs_…)."
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="The Checkout Session id (cs_…).",
     )
 
 
