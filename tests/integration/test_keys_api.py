@@ -158,3 +158,28 @@ async def test_last_used_at_is_written_in_the_background(
     [after] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
     assert after["last_used_at"] is not None
     assert await runtime_of(app).keys.last_used.flush() == 0  # debounced: once a minute per key
+
+
+async def test_a_key_name_with_control_characters_is_refused(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    for name in ("\x00", "tab\there", "bell\x07"):
+        response = await client.post("/v1/keys", headers=headers(key), json={"name": name})
+        assert response.status_code == 422, name
+        assert response.json()["error"]["code"] == "validation_error"
+    listed = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
+    assert len(listed) == 1  # nothing was created
+
+
+async def test_a_malformed_key_id_is_refused_before_the_database(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    for path in ("/v1/keys/%00", "/v1/keys/key%20x", "/v1/keys/%00/rotate"):
+        if path.endswith("rotate"):
+            response = await client.post(path, headers=headers(key), json={})
+        else:
+            response = await client.delete(path, headers=headers(key))
+        assert response.status_code == 422, path
+        assert response.json()["error"]["code"] == "validation_error"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from meterapi.api.deps import CustomerDep, RuntimeDep, SessionDep
@@ -40,6 +40,13 @@ class KeyList(BaseModel):
     data: list[KeyPublic]
 
 
+# Key ids are ``key_`` and letters and digits; other text cannot name a key (and a NUL byte
+# would reach PostgreSQL, which refuses it).
+KeyIdPath = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_]{1,40}$", description="The key's id (key_…).")
+]
+
+
 class KeyCreated(BaseModel):
     """The new key's plaintext (shown this once only) and its public description."""
 
@@ -54,7 +61,10 @@ class KeyCreated(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="default", min_length=1, max_length=100)
+    # No control characters: PostgreSQL refuses NUL in text, and none belongs in a label.
+    name: str = Field(
+        default="default", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
     expires_at: datetime | None = Field(
         default=None, description="When the key stops working; a time without zone is UTC."
     )
@@ -122,7 +132,7 @@ async def create_key(
     responses={**_ERRORS, 404: {"description": "No active key of yours with this id"}},
 )
 async def rotate_key(
-    key_id: str,
+    key_id: KeyIdPath,
     caller: CustomerDep,
     session: SessionDep,
     runtime: RuntimeDep,
@@ -150,6 +160,6 @@ async def rotate_key(
         409: {"description": "Your only active key: rotate it instead (grace_seconds: 0)"},
     },
 )
-async def revoke_key(key_id: str, caller: CustomerDep, session: SessionDep) -> Response:
+async def revoke_key(key_id: KeyIdPath, caller: CustomerDep, session: SessionDep) -> Response:
     await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
     return Response(status_code=204)
