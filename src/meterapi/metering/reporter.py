@@ -28,14 +28,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import ARRAY, BigInteger, Integer, column, func, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import Delivery, MeterEventResult, StripeGateway
 from meterapi.db import Sessionmaker
 from meterapi.metrics import Metrics
-from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport, utcnow
+from meterapi.models import (
+    Customer,
+    ReportStatus,
+    UsageEvent,
+    UsageReport,
+    UTCDateTime,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,55 +75,107 @@ class CycleResult:
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+@dataclass(frozen=True)
+class _Group:
+    customer_id: int
+    usage_ids: list[int]
+    units: int
+    latest: datetime
+
+
+# PostgreSQL locks, groups and sums in one statement; Python sees one row per group.
+_PG_CLAIM = text(
+    """
+    WITH claimed AS (
+        SELECT id, customer_id, units, occurred_at FROM usage_event
+        WHERE report_id IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    SELECT customer_id, array_agg(id ORDER BY id), sum(units), max(occurred_at)
+    FROM claimed
+    GROUP BY customer_id, date_trunc('minute', occurred_at AT TIME ZONE 'UTC')
+    """
+).columns(
+    column("customer_id", Integer),
+    column("ids", ARRAY(BigInteger)),
+    column("units", BigInteger),
+    column("latest", UTCDateTime()),
+)
+_PG_MARK = text(
+    "UPDATE usage_event SET report_id = v.report_id "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:report_ids AS bigint[])) AS v(id, report_id) "
+    "WHERE usage_event.id = v.id"
+)
+
+
+async def _claim_groups(session: AsyncSession, *, limit: int) -> list[_Group]:
+    """Lock up to ``limit`` unreported rows and group them per customer and UTC minute."""
+    if session.get_bind().dialect.name == "postgresql":
+        connection = await session.connection()
+        result = await connection.execute(_PG_CLAIM, {"limit": limit})
+        return [_Group(c, list(ids), int(units), latest) for c, ids, units, latest in result]
+    # SQLite: one writer at a time (BEGIN IMMEDIATE), so no lock clause is needed.
+    query = (
+        select(col(UsageEvent.id), UsageEvent.customer_id, UsageEvent.units, UsageEvent.occurred_at)
+        .where(col(UsageEvent.report_id).is_(None))
+        .order_by(col(UsageEvent.id))
+        .limit(limit)
+    )
+    groups: dict[tuple[int, datetime], list[tuple[int, int, datetime]]] = defaultdict(list)
+    for usage_id, customer_id, units, occurred_at in (await session.exec(query)).all():
+        assert usage_id is not None
+        minute = occurred_at.replace(second=0, microsecond=0)
+        groups[(customer_id, minute)].append((usage_id, units, occurred_at))
+    return [
+        _Group(customer_id, [m[0] for m in rows], sum(m[1] for m in rows), max(m[2] for m in rows))
+        for (customer_id, _), rows in groups.items()
+    ]
+
+
 async def claim_unreported(
     session: AsyncSession, *, event_name: str, now: datetime, limit: int = CLAIM_BATCH
 ) -> tuple[int, int]:
     """Turn unreported ledger rows into pending reports; return (rows claimed, reports made)."""
-    query = (
-        select(UsageEvent.id, UsageEvent.customer_id, UsageEvent.units, UsageEvent.occurred_at)
-        .where(UsageEvent.report_id.is_(None))  # type: ignore[union-attr]
-        .order_by(UsageEvent.id)  # type: ignore[arg-type]
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = (await session.exec(query)).all()
-    if not rows:
+    groups = await _claim_groups(session, limit=limit)
+    if not groups:
         return 0, 0
-    groups: dict[tuple[int, datetime], list[tuple[int, int, datetime]]] = defaultdict(list)
-    for usage_id, customer_id, units, occurred_at in rows:
-        assert usage_id is not None
-        minute = occurred_at.replace(second=0, microsecond=0)
-        groups[(customer_id, minute)].append((usage_id, units, occurred_at))
-    customer_ids = {customer_id for customer_id, _ in groups}
     stripe_ids = dict(
         (
             await session.exec(
                 select(col(Customer.id), Customer.stripe_customer_id).where(
-                    col(Customer.id).in_(customer_ids)
+                    col(Customer.id).in_({g.customer_id for g in groups})
                 )
             )
         ).all()
     )
-    for (customer_id, _minute), members in groups.items():
-        usage_ids = [m[0] for m in members]
-        stripe_customer_id = stripe_ids[customer_id]
-        report = UsageReport(
-            identifier=make_identifier(stripe_customer_id, usage_ids),
-            customer_id=customer_id,
-            stripe_customer_id=stripe_customer_id,
+    reports = [
+        UsageReport(
+            identifier=make_identifier(stripe_ids[g.customer_id], g.usage_ids),
+            customer_id=g.customer_id,
+            stripe_customer_id=stripe_ids[g.customer_id],
             event_name=event_name,
-            value=sum(m[1] for m in members),
+            value=g.units,
             # The latest moment in the group, so no unit is dated before it happened.
-            event_at=min(max(m[2] for m in members), now),
+            event_at=min(g.latest, now),
             next_attempt_at=now,
             created_at=now,
         )
-        session.add(report)
-        await session.flush()
-        await session.exec(
-            update(UsageEvent).where(col(UsageEvent.id).in_(usage_ids)).values(report_id=report.id)
-        )
-    return len(rows), len(groups)
+        for g in groups
+    ]
+    session.add_all(reports)
+    await session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        ids = [i for g in groups for i in g.usage_ids]
+        report_ids = [r.id for g, r in zip(groups, reports, strict=True) for _ in g.usage_ids]
+        connection = await session.connection()
+        await connection.execute(_PG_MARK, {"ids": ids, "report_ids": report_ids})
+    else:
+        for group, report in zip(groups, reports, strict=True):
+            await session.exec(
+                update(UsageEvent)
+                .where(col(UsageEvent.id).in_(group.usage_ids))
+                .values(report_id=report.id)
+            )
+    return sum(len(g.usage_ids) for g in groups), len(groups)
 
 
 async def lease_due(session: AsyncSession, *, now: datetime) -> list[UsageReport]:
