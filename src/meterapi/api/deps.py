@@ -53,6 +53,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 # -- API keys --------------------------------------------------------------------------------
 
+API_KEY_SCHEME = "ApiKey"
 _QUERY_NAMES = frozenset({"apikey", "api_key", "api-key"})
 
 
@@ -68,7 +69,7 @@ class ApiKeyAuth(APIKeyHeader):
         self.require_access = require_access
         super().__init__(
             name="X-API-Key",
-            scheme_name="ApiKey",
+            scheme_name=API_KEY_SCHEME,
             description="Your API key (`mk_live_…` or `mk_test_…`); "
             "`Authorization: Bearer <key>` works too.",
             auto_error=False,
