@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from meterapi import __version__
-from meterapi.api import data, keys, ops, usage
+from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
+from meterapi.dashboard import router as dashboard_router
 from meterapi.runtime import Runtime
 
 
@@ -43,13 +44,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="A usage-billed API, metered into Stripe Billing Meters.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served by the dashboard room, with Swagger UI from this host
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(data.router)  # the paid route first: matched on every paid request
+    # The claim route before the keys router: /v1/keys/claim is not a key id.
+    app.include_router(claim.router)
     app.include_router(keys.router)
     app.include_router(usage.router)
+    app.include_router(billing.router)
+    app.include_router(webhooks.router)
+    app.include_router(dashboard_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterapi import migrations
+from meterapi.billing import webhooks
 from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
@@ -142,6 +143,24 @@ def _stripe_setup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
+    async def replay() -> str:
+        engine = make_engine(settings.database_url)
+        gateway = StripeGateway(settings)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                receipts = await webhooks.replay_unprocessed(
+                    session, gateway=gateway, price_id=settings.stripe_price_id
+                )
+        finally:
+            await gateway.close()
+            await engine.dispose()
+        failed = sum(r.outcome is webhooks.Outcome.FAILED for r in receipts)
+        return f"replayed {len(receipts)} stored event(s); {failed} still failing"
+
+    return _run_printing(replay)
+
+
 def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> int:
     return emulator_main(list(args.emulator_args))
 
@@ -232,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     flush = usage.add_parser("flush", help="report everything pending to Stripe now, then exit")
     flush.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying")
     flush.set_defaults(handler=_usage_flush)
+
+    hooks = commands.add_parser("webhooks", help="the Stripe event inbox").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    replay = hooks.add_parser("replay", help="handle again the stored events whose handling failed")
+    replay.set_defaults(handler=_webhooks_replay)
 
     stripe = commands.add_parser("stripe", help="the Stripe account").add_subparsers(
         dest="stripe_command", required=True

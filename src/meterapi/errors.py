@@ -110,3 +110,15 @@ class UsageNotRecorded(DomainError):
     status_code = 503
     code = "usage_unavailable"
     message = "The request could not be recorded; it was not billed. Try again."
+
+
+class BillingNotConfigured(DomainError):
+    status_code = 503
+    code = "billing_not_configured"
+    message = "Subscriptions are not available: set METERAPI_STRIPE_PRICE_ID."
+
+
+class StripeRejected(DomainError):
+    status_code = 502
+    code = "stripe_error"
+    message = "Stripe refused the request."

@@ -142,6 +142,9 @@ class Metrics:
             "meterapi_usage_oldest_unreported_age_seconds",
             "Age of the oldest unacknowledged usage (0 when none).",
         )
+        self.webhook_events = r.counter(
+            "meterapi_webhook_events_total", "Stripe webhook deliveries by outcome."
+        )
         self.parked_reports = r.gauge(
             "meterapi_usage_parked_reports", "Meter events waiting for an operator."
         )

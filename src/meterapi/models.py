@@ -101,6 +101,22 @@ class CheckoutSession(SQLModel, table=True):
     created_at: datetime = _at(default_now=True)
 
 
+class SubscriptionSignal(SQLModel, table=True):
+    """Evidence about a subscription's payment standing, at Stripe's time.
+
+    Good: a snapshot in ``active``/``trialing`` or a paid invoice. Bad: a failed payment or a
+    ``past_due`` snapshot. Kept as a set (not folded into one column) so that ``past_due_since``,
+    the earliest bad signal since the latest good one, is the same whatever order Stripe's events
+    arrive in.
+    """
+
+    __tablename__ = "subscription_signal"
+
+    subscription_id: str = Field(primary_key=True, max_length=255)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True, nullable=False))
+    good: bool = Field(primary_key=True)
+
+
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_key"
 

@@ -129,6 +129,8 @@ def _cases() -> list[Any]:
 # Schema-valid bodies the service refuses on purpose, for rules JSON Schema cannot state.
 BUSINESS_RULES = {
     ("POST", "/v1/keys"): "an expires_at in the past is refused with 422 (CONTRACT §3)",
+    ("POST", "/webhooks/stripe"): "a delivery needs a valid Stripe-Signature, which no generator "
+    "can forge; it is refused with 400 (CONTRACT §3)",
 }
 
 

@@ -57,8 +57,11 @@ class ServiceProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, and wait for the graceful shutdown to finish."""
+    def terminate(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM, and wait for the graceful shutdown; True if it ended cleanly.
+
+        uvicorn re-raises the signal once its shutdown is complete, so a clean end reads as
+        "killed by SIGTERM" (-15) as well as 0."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+        return self.process.wait(timeout=timeout_s) in (0, -signal.SIGTERM)

@@ -64,3 +64,12 @@ async def test_oversized_body_is_413(db_url: str) -> None:
             response = await client.post("/healthz", content=b"x" * 17)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_body_that_is_not_json_is_a_validation_error(client: httpx.AsyncClient) -> None:
+    for body in (b"\xff\xfe\x00garbage", b'{"email": '):
+        response = await client.post(
+            "/v1/checkout", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "validation_error"

@@ -154,3 +154,27 @@ async def test_two_reporters_at_once_send_each_unit_once(
             )
         ).all()
     assert unsent == []
+
+
+async def test_a_backlog_larger_than_one_claim_is_sent_in_one_cycle(
+    billing: Billing, stripe_sdk: stripe.StripeClient, emulator_control: EmulatorControl
+) -> None:
+    from sqlalchemy import insert
+
+    from meterapi.metering.reporter import CLAIM_BATCH
+    from meterapi.models import UsageEvent
+
+    customer_id, cus = await new_customer(billing, stripe_sdk)
+    backlog = CLAIM_BATCH * 2 + 7
+    now = utcnow()
+    async with billing.sessionmaker() as session:
+        rows = [
+            {"customer_id": customer_id, "api_key_id": "k", "route": "/r", "units": 1,
+             "occurred_at": now}
+            for _ in range(backlog)
+        ]  # fmt: skip
+        await session.exec(insert(UsageEvent), params=rows)
+        await session.commit()
+    result = await billing.reporter().run_cycle()
+    assert result.claimed_rows == backlog
+    assert await stripe_total(emulator_control, cus) == backlog

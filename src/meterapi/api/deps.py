@@ -9,8 +9,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
-from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, MissingApiKey
+from meterapi.db import session_scope
+from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, DomainError, MissingApiKey
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
@@ -31,15 +33,17 @@ async def get_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def get_gateway(runtime: RuntimeDep) -> StripeGateway:
+    return runtime.gateway
+
+
+GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
+
+
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
     """One session per request, committed after the endpoint and before the response is sent."""
-    async with runtime.sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    async with session_scope(runtime.sessionmaker) as session:
+        yield session
 
 
 # scope="function": the commit above runs before the response goes out, so a 2xx is never
@@ -60,7 +64,8 @@ class ApiKeyAuth(APIKeyHeader):
     read here too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, require_access: bool) -> None:
+        self.require_access = require_access
         super().__init__(
             name="X-API-Key",
             scheme_name="ApiKey",
@@ -70,11 +75,29 @@ class ApiKeyAuth(APIKeyHeader):
         )
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        return await require_api_key(request)
+        return await require_api_key(request, require_access=self.require_access)
 
 
-async def require_api_key(request: Request) -> Principal:
-    """The authenticated caller; every refusal is a ``DomainError`` (CONTRACT §3)."""
+async def require_api_key(request: Request, *, require_access: bool = True) -> Principal:
+    """The authenticated caller; every refusal is a ``DomainError`` (CONTRACT §3).
+
+    ``require_access`` also refuses (402) a customer whose subscription does not allow use of
+    the paid API; the customer's self-service routes pass False.
+    """
+    # The runtime straight from the app, not RuntimeDep: one dependency level less on the
+    # hot path. A warm key opens no database session at all.
+    runtime: Runtime = request.app.state.runtime
+    try:
+        principal = await _authenticate(request, runtime, require_access=require_access)
+    except DomainError as exc:
+        runtime.metrics.auth_outcomes.inc(code=exc.code)
+        raise
+    runtime.metrics.auth_outcomes.inc(code="ok")
+    request.state.principal = principal  # for metered routes (api.metering)
+    return principal
+
+
+async def _authenticate(request: Request, runtime: Runtime, *, require_access: bool) -> Principal:
     # Checked first and regardless of headers: a key in a URL is already in someone's logs.
     if request.scope["query_string"] and any(
         name.lower() in _QUERY_NAMES for name in request.query_params
@@ -92,15 +115,14 @@ async def require_api_key(request: Request) -> Principal:
     presented = header_key or bearer_key
     if not presented:
         raise MissingApiKey()
-    # The runtime straight from the app, not RuntimeDep: a plain-function dependency costs a
-    # thread-pool hop. A warm key opens no database session at all.
-    runtime: Runtime = request.app.state.runtime
-    principal = await runtime.keys.authenticate(presented)
-    request.state.principal = principal  # for metered routes (api.metering)
-    return principal
+    return await runtime.keys.authenticate(presented, require_access=require_access)
 
 
-_api_key_auth = ApiKeyAuth()  # one instance, so FastAPI resolves it once per request
-ApiKeyDep = Annotated[Principal, Security(_api_key_auth)]
-# The same caller, named for routes about the customer rather than the key.
-CustomerDep = Annotated[Principal, Security(_api_key_auth)]
+# One instance each, so FastAPI resolves each once per request.
+_paid_access = ApiKeyAuth(require_access=True)
+_self_service = ApiKeyAuth(require_access=False)
+# The paid API: a valid key of a customer whose subscription allows access.
+ApiKeyDep = Annotated[Principal, Security(_paid_access)]
+# The customer's own keys, usage and billing: any valid key, whatever the subscription's state,
+# so a lapsed customer can still see what they owe and reach the billing portal.
+CustomerDep = Annotated[Principal, Security(_self_service)]

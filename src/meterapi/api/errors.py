@@ -50,6 +50,10 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # The framework's own 400s all mean a body it could not parse (bytes that are not
+        # UTF-8 JSON, say): malformed input, which CONTRACT §3 answers with validation_error.
+        return error_response(422, "validation_error", "The request body could not be parsed.")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, exc.headers)

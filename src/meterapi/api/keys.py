@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from meterapi.api.deps import ApiKeyDep, RuntimeDep, SessionDep
+from meterapi.api.deps import CustomerDep, RuntimeDep, SessionDep
 from meterapi.keys import service
 from meterapi.models import ApiKey
 
@@ -84,7 +84,7 @@ class KeyRotate(BaseModel):
     response_model=KeyList,
     responses=_ERRORS,
 )
-async def list_keys(caller: ApiKeyDep, session: SessionDep) -> KeyList:
+async def list_keys(caller: CustomerDep, session: SessionDep) -> KeyList:
     keys = await service.list_keys(session, customer_id=caller.customer_id)
     return KeyList(data=[KeyPublic.model_validate(k) for k in keys])
 
@@ -97,7 +97,7 @@ async def list_keys(caller: ApiKeyDep, session: SessionDep) -> KeyList:
     responses={**_ERRORS, 422: {"description": "Malformed body, or expires_at in the past"}},
 )
 async def create_key(
-    caller: ApiKeyDep,
+    caller: CustomerDep,
     session: SessionDep,
     runtime: RuntimeDep,
     body: Annotated[KeyCreate | None, Body()] = None,
@@ -123,7 +123,7 @@ async def create_key(
 )
 async def rotate_key(
     key_id: str,
-    caller: ApiKeyDep,
+    caller: CustomerDep,
     session: SessionDep,
     runtime: RuntimeDep,
     body: Annotated[KeyRotate | None, Body()] = None,
@@ -150,6 +150,6 @@ async def rotate_key(
         409: {"description": "Your only active key: rotate it instead (grace_seconds: 0)"},
     },
 )
-async def revoke_key(key_id: str, caller: ApiKeyDep, session: SessionDep) -> Response:
+async def revoke_key(key_id: str, caller: CustomerDep, session: SessionDep) -> Response:
     await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
     return Response(status_code=204)

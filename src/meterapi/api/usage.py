@@ -55,7 +55,7 @@ async def get_usage(caller: CustomerDep, session: SessionDep, runtime: RuntimeDe
     if customer is None:
         raise NotFound()
     totals = await usage_totals(session, customer=customer, now=utcnow())
-    invoice = await runtime.invoices.get(customer)
+    invoice = await runtime.invoices.get(customer, reported_units=totals.reported_units)
     return UsageOut(
         customer_id=customer.stripe_customer_id,
         period=PeriodOut(start=totals.period.start, end=totals.period.end),

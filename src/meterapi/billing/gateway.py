@@ -16,7 +16,7 @@ from typing import Any
 import stripe
 
 from meterapi.config import EMULATOR_KEY, Settings
-from meterapi.errors import InvalidSignature, StripeUnavailable
+from meterapi.errors import InvalidSignature, NotFound, StripeRejected, StripeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,23 @@ def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
     return exc.code == "duplicate_meter_event" or "already exists with identifier" in str(
         exc.user_message or exc
     )
+
+
+@dataclass(frozen=True)
+class CheckoutLink:
+    """A new Checkout Session: its id and the hosted page to send the customer to."""
+
+    id: str
+    url: str
+
+
+def _domain_error(exc: stripe.StripeError, what: str) -> Exception:
+    """Map an SDK error to a ``DomainError`` whose message holds no request data or secret."""
+    if isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404:
+        return NotFound(f"No such {what}.")
+    if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError | stripe.CardError):
+        return StripeRejected(f"Stripe refused the {what} request ({exc.http_status}).")
+    return StripeUnavailable()
 
 
 def _reason(exc: stripe.StripeError) -> str:
@@ -138,6 +155,64 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise StripeUnavailable(_reason(exc)) from exc
         return invoice.to_dict()
+
+    # -- checkout, subscriptions, portal -----------------------------------------------------
+
+    async def create_checkout_session(
+        self,
+        *,
+        price_id: str,
+        success_url: str,
+        cancel_url: str,
+        customer_email: str | None = None,
+        client_reference_id: str | None = None,
+    ) -> CheckoutLink:
+        """A hosted Checkout Session in subscription mode for one metered price (no quantity)."""
+        params: dict[str, Any] = {
+            "mode": "subscription",
+            "line_items": [{"price": price_id}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        if customer_email:
+            params["customer_email"] = customer_email
+        if client_reference_id:
+            params["client_reference_id"] = client_reference_id
+        try:
+            created = await self._client.v1.checkout.sessions.create_async(params=params)  # type: ignore[arg-type]
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "checkout session") from exc
+        if not created.url:
+            raise StripeRejected("Stripe returned a Checkout Session without a URL.")
+        return CheckoutLink(id=created.id, url=created.url)
+
+    async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        """The Checkout Session with its subscription expanded, as a plain dict."""
+        try:
+            found = await self._client.v1.checkout.sessions.retrieve_async(
+                session_id, params={"expand": ["subscription"]}
+            )
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "checkout session") from exc
+        return found.to_dict()
+
+    async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """The subscription as Stripe holds it now, as a plain dict."""
+        try:
+            found = await self._client.v1.subscriptions.retrieve_async(subscription_id)
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "subscription") from exc
+        return found.to_dict()
+
+    async def create_portal_session(self, *, stripe_customer_id: str, return_url: str) -> str:
+        """A customer-portal session for one customer; returns its URL."""
+        try:
+            portal = await self._client.v1.billing_portal.sessions.create_async(
+                params={"customer": stripe_customer_id, "return_url": return_url}
+            )
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "billing portal session") from exc
+        return portal.url
 
     # -- webhooks ---------------------------------------------------------------------------
 

@@ -71,15 +71,22 @@ class KeyGuard:
         await self.invalidator.stop()
         await self.last_used.stop()
 
-    async def authenticate(self, plaintext: str, *, now: datetime | None = None) -> Principal:
+    async def authenticate(
+        self, plaintext: str, *, require_access: bool = True, now: datetime | None = None
+    ) -> Principal:
         """The caller behind ``plaintext``. A warm key is answered from the cache without
-        opening a session; otherwise a short session of our own reads the key."""
+        opening a session; otherwise a short session of our own reads the key.
+
+        ``require_access=False`` admits any valid key whatever the subscription's state: for
+        the customer's own keys, usage and billing portal, which a lapsed customer needs most.
+        """
         now = now or utcnow()
         principal = service.authenticate_cached(
             plaintext,
             pepper=self._pepper,
             cache=self.cache,
             past_due_grace_s=self.past_due_grace_s,
+            require_access=require_access,
             now=now,
         )
         if principal is None:
@@ -90,6 +97,7 @@ class KeyGuard:
                     pepper=self._pepper,
                     cache=self.cache,
                     past_due_grace_s=self.past_due_grace_s,
+                    require_access=require_access,
                     now=now,
                 )
         self.last_used.note(principal.key_id, now)

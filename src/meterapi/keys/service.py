@@ -185,6 +185,7 @@ async def authenticate(
     pepper: bytes,
     cache: KeyCache | None = None,
     past_due_grace_s: int = 0,
+    require_access: bool = True,
     now: datetime | None = None,
 ) -> Principal:
     """The caller behind ``plaintext``, or ``InvalidApiKey`` / ``SubscriptionInactive``.
@@ -196,7 +197,12 @@ async def authenticate(
     now = now or utcnow()
     cache = cache if cache is not None else KeyCache(max_entries=1)
     principal = authenticate_cached(
-        plaintext, pepper=pepper, cache=cache, past_due_grace_s=past_due_grace_s, now=now
+        plaintext,
+        pepper=pepper,
+        cache=cache,
+        past_due_grace_s=past_due_grace_s,
+        require_access=require_access,
+        now=now,
     )
     if principal is not None:
         return principal
@@ -205,7 +211,13 @@ async def authenticate(
     customer = cache.customer(entry.customer_id) or await _load_customer(
         session, entry.customer_id, cache=cache
     )
-    return _admit(entry, customer, now=now, past_due_grace_s=past_due_grace_s)
+    return _admit(
+        entry,
+        customer,
+        now=now,
+        past_due_grace_s=past_due_grace_s,
+        require_access=require_access,
+    )
 
 
 def authenticate_cached(
@@ -214,6 +226,7 @@ def authenticate_cached(
     pepper: bytes,
     cache: KeyCache,
     past_due_grace_s: int = 0,
+    require_access: bool = True,
     now: datetime,
 ) -> Principal | None:
     """``authenticate`` from the cache alone: the caller, an error, or ``None`` if the database
@@ -227,15 +240,26 @@ def authenticate_cached(
     customer = cache.customer(entry.customer_id)
     if customer is None:
         return None
-    return _admit(entry, customer, now=now, past_due_grace_s=past_due_grace_s)
+    return _admit(
+        entry,
+        customer,
+        now=now,
+        past_due_grace_s=past_due_grace_s,
+        require_access=require_access,
+    )
 
 
 def _admit(
-    entry: KeyEntry, customer: CustomerEntry, *, now: datetime, past_due_grace_s: int
+    entry: KeyEntry,
+    customer: CustomerEntry,
+    *,
+    now: datetime,
+    past_due_grace_s: int,
+    require_access: bool,
 ) -> Principal:
     if entry.expires_at is not None and entry.expires_at <= now:
         raise InvalidApiKey()
-    if not access.allows(customer, now, past_due_grace_s):
+    if require_access and not access.allows(customer, now, past_due_grace_s):
         raise SubscriptionInactive()
     return Principal(
         key_id=entry.key_id,

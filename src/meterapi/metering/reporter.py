@@ -39,7 +39,7 @@ from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport, utc
 
 log = logging.getLogger(__name__)
 
-CLAIM_BATCH = 20_000
+CLAIM_BATCH = 5_000  # rows per claim transaction; a cycle claims until none are left
 SEND_BATCH = 100
 SEND_CONCURRENCY = 8
 SEND_LEASE = timedelta(seconds=60)
@@ -159,6 +159,7 @@ class Reporter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -168,11 +169,18 @@ class Reporter:
             self._task = asyncio.create_task(self._run(), name="meterapi-reporter")
 
     async def stop(self, *, flush_timeout_s: float = 10.0) -> None:
-        """Stop the loop, then make one last bounded attempt to send what is pending."""
+        """Let a cycle in flight finish, then make one last bounded attempt to send."""
+        self._stop.set()
+        self._wakeup.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                async with asyncio.timeout(flush_timeout_s):
+                    await self._task
+            except TimeoutError:
+                # Leased reports stay leased; the next start sends them under their identifier.
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         try:
             async with asyncio.timeout(flush_timeout_s):
@@ -183,14 +191,13 @@ class Reporter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time()  # the first cycle comes one interval after start
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._wakeup.wait()
+        while not self._stop.is_set():
+            # Until woken by new usage (or a stop), but at most one interval: retries fall due.
+            await _wait(self._wakeup, self._interval_s)
             # Let a burst of requests gather into one meter event per customer and window.
-            wait = last + self._interval_s - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await _wait(self._stop, last + self._interval_s - loop.time())
+            if self._stop.is_set():
+                return
             self._wakeup.clear()
             last = loop.time()
             try:
@@ -203,11 +210,16 @@ class Reporter:
         async with self._lock:
             result = CycleResult()
             now = now or utcnow()
-            async with self._sessionmaker() as session:
-                result.claimed_rows, result.reports_created = await claim_unreported(
-                    session, event_name=self._event_name, now=now
-                )
-                await session.commit()
+            while True:
+                async with self._sessionmaker() as session:
+                    claimed, made = await claim_unreported(
+                        session, event_name=self._event_name, now=now
+                    )
+                    await session.commit()
+                result.claimed_rows += claimed
+                result.reports_created += made
+                if claimed < CLAIM_BATCH:
+                    break
             while True:
                 async with self._sessionmaker() as session:
                     due = await lease_due(session, now=now)
@@ -294,6 +306,14 @@ class Reporter:
             self._metrics.reports_parked.inc()
             log.error("meter event %s parked: %s", report.identifier, outcome.reason)
         return report
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``."""
+    if seconds > 0 and not event.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
 
 
 async def pending_stats(session: AsyncSession, *, now: datetime) -> tuple[int, float, int]:

@@ -89,13 +89,21 @@ class InvoicePreviews:
     def __init__(self, gateway: StripeGateway, *, ttl_s: float = INVOICE_CACHE_S) -> None:
         self._gateway = gateway
         self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._cache: dict[str, tuple[float, int, dict[str, Any]]] = {}
 
-    async def get(self, customer: Customer) -> dict[str, Any] | None:
-        """The preview, or None when Stripe cannot answer now (the caller says so)."""
+    async def get(self, customer: Customer, *, reported_units: int) -> dict[str, Any] | None:
+        """The preview, or None when Stripe cannot answer now (the caller says so).
+
+        A cached preview serves only while the units Stripe acknowledged are unchanged: new
+        usage reaching Stripe makes the next look fetch a fresh one.
+        """
         cached = self._cache.get(customer.stripe_customer_id)
-        if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
-            return cached[1]
+        if (
+            cached is not None
+            and cached[1] == reported_units
+            and time.monotonic() - cached[0] < self._ttl_s
+        ):
+            return cached[2]
         try:
             invoice = await self._gateway.upcoming_invoice(
                 stripe_customer_id=customer.stripe_customer_id,
@@ -120,5 +128,5 @@ class InvoicePreviews:
         }
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[customer.stripe_customer_id] = (time.monotonic(), preview)
+        self._cache[customer.stripe_customer_id] = (time.monotonic(), reported_units, preview)
         return preview

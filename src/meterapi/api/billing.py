@@ -1,0 +1,91 @@
+"""Subscribing and managing billing: Checkout and the Stripe customer portal."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
+
+from meterapi.api.deps import CustomerDep, GatewayDep, SessionDep, SettingsDep
+from meterapi.billing import checkout
+from meterapi.errors import NotFound
+from meterapi.models import Customer
+
+router = APIRouter(prefix="/v1", tags=["billing"])
+
+
+class CheckoutCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(
+        default=None,
+        max_length=320,
+        # Explicit ranges, not \s: JSON Schema's regex dialect and ours disagree on \s.
+        pattern=r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$",
+        description="Prefills Checkout's email field.",
+    )
+    client_reference_id: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_\-]+$",
+        description="Your own reference, kept on the Checkout Session.",
+    )
+
+
+class CheckoutOut(BaseModel):
+    id: str = Field(description="The Checkout Session id (cs_…); claim the key with it.")
+    url: str = Field(description="Stripe's hosted Checkout page; send the customer there.")
+
+
+class PortalOut(BaseModel):
+    url: str = Field(description="A Stripe customer-portal session for your own customer.")
+
+
+_STRIPE_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: {"description": "Stripe refused the request"},
+    503: {"description": "Stripe could not be reached, or no price is configured"},
+}
+
+
+@router.post(
+    "/checkout",
+    status_code=201,
+    response_model=CheckoutOut,
+    summary="Start a subscription: a Stripe Checkout Session for the metered price",
+    responses=_STRIPE_ERRORS,
+)
+async def create_checkout(
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    body: Annotated[CheckoutCreate | None, Body()] = None,
+) -> CheckoutOut:
+    body = body or CheckoutCreate()
+    link = await checkout.start_checkout(
+        gateway,
+        settings=settings,
+        email=body.email,
+        client_reference_id=body.client_reference_id,
+    )
+    return CheckoutOut(id=link.id, url=link.url)
+
+
+@router.post(
+    "/billing/portal",
+    status_code=201,
+    response_model=PortalOut,
+    summary="Open the Stripe customer portal for the caller's own customer",
+    responses={
+        401: {"description": "Missing or invalid API key"},
+        402: {"description": "The subscription does not allow access"},
+        **_STRIPE_ERRORS,
+    },
+)
+async def create_portal(
+    caller: CustomerDep, session: SessionDep, gateway: GatewayDep, settings: SettingsDep
+) -> PortalOut:
+    customer = await session.get(Customer, caller.customer_id)
+    if customer is None:
+        raise NotFound()
+    url = await checkout.open_portal(gateway, settings=settings, customer=customer)
+    return PortalOut(url=url)

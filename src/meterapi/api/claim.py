@@ -1,0 +1,50 @@
+"""``POST /v1/keys/claim``: the first key of a completed Checkout, revealed exactly once."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from meterapi.api.deps import GatewayDep, RuntimeDep, SessionDep
+from meterapi.api.keys import KeyCreated
+from meterapi.billing.claim import claim_first_key
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+class KeyClaim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Stripe ids are letters, digits and underscores; anything else cannot name a session.
+    checkout_session_id: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="The Checkout Session id (cs_…).",
+    )
+
+
+@router.post(
+    "/claim",
+    status_code=201,
+    response_model=KeyCreated,
+    summary="Reveal the first API key of a completed Checkout Session (once only)",
+    responses={
+        402: {"description": "The Checkout Session is open or expired (checkout_incomplete)"},
+        404: {"description": "No such Checkout Session for this service"},
+        409: {"description": "This session's key was already claimed (already_claimed)"},
+        503: {"description": "Stripe could not be reached to check the session"},
+    },
+)
+async def claim_key(
+    body: KeyClaim, session: SessionDep, gateway: GatewayDep, runtime: RuntimeDep
+) -> KeyCreated:
+    key, plaintext = await claim_first_key(
+        session,
+        checkout_session_id=body.checkout_session_id,
+        gateway=gateway,
+        price_id=runtime.settings.stripe_price_id,
+        pepper=runtime.keys.pepper,
+        live=runtime.keys.live,
+    )
+    return KeyCreated.of(key, plaintext)

@@ -1,0 +1,48 @@
+"""``POST /webhooks/stripe``: Stripe's events, verified over the raw body and handled once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from meterapi.api.deps import GatewayDep, RuntimeDep, SessionDep
+from meterapi.api.errors import error_response
+from meterapi.billing import webhooks
+
+router = APIRouter(tags=["billing"])
+
+
+@router.post(
+    "/webhooks/stripe",
+    summary="Stripe webhooks: signature checked, each event handled once",
+    responses={
+        200: {"description": "Processed, ignored (not about us) or a duplicate"},
+        400: {"description": "Missing, invalid or stale Stripe-Signature: nothing stored"},
+        500: {"description": "Handling failed; the event is kept and Stripe will re-deliver"},
+    },
+)
+async def receive_stripe_event(
+    request: Request,
+    session: SessionDep,
+    gateway: GatewayDep,
+    runtime: RuntimeDep,
+    stripe_signature: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> JSONResponse:
+    receipt = await webhooks.receive(
+        session,
+        payload=await request.body(),
+        signature=stripe_signature,
+        gateway=gateway,
+        price_id=runtime.settings.stripe_price_id,
+    )
+    runtime.metrics.webhook_events.inc(outcome=receipt.outcome.value)
+    if receipt.outcome is webhooks.Outcome.FAILED:
+        # The failure is recorded in the inbox and committed; a non-2xx makes Stripe retry.
+        return error_response(
+            receipt.status_code,
+            "webhook_handling_failed",
+            "The event could not be handled now; it will be retried.",
+        )
+    return JSONResponse({"received": True, "outcome": receipt.outcome.value})

@@ -1,0 +1,374 @@
+// The dashboard: subscribe, receive the key once, then usage, invoice, keys and billing.
+// Everything from the server goes into the page with textContent, never as HTML.
+
+import { api, keyStore } from "./api.js";
+import { daysOfPeriod, renderChart } from "./chart.js";
+import { CLAIM_MESSAGES, describeError } from "./messages.js";
+
+const $ = (id) => document.getElementById(id);
+const numberFormat = new Intl.NumberFormat();
+const formatNumber = (n) => numberFormat.format(Number(n) || 0);
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeZone: "UTC" });
+const dateTimeFormat = new Intl.DateTimeFormat(undefined, {
+  dateStyle: "medium",
+  timeStyle: "short",
+});
+const CLAIM_ATTEMPTS = 4;
+const CLAIM_RETRY_MS = 1500;
+
+// -- messages ----------------------------------------------------------------------------------
+
+function notify(text, kind = "info") {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.className = `notice ${kind}`;
+  notice.hidden = !text;
+}
+
+function showError(error, overrides) {
+  notify(describeError(error, overrides), "error");
+  // A key that stopped working (revoked, expired) cannot do anything more here.
+  if (error.code === "invalid_api_key" && keyStore.get()) {
+    keyStore.clear();
+    showSignedIn(false);
+  }
+}
+
+/** Run `work` with `button` disabled, showing any failure; resolves to its result, or to
+ * undefined when it failed (a 204's result is null). */
+async function busy(button, work) {
+  if (button) {
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+  }
+  try {
+    return await work();
+  } catch (error) {
+    showError(error);
+    return undefined;
+  } finally {
+    if (button) {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
+  }
+}
+
+// -- formatting --------------------------------------------------------------------------------
+
+/** Stripe amounts are in the currency's smallest unit (cents; yen for JPY). */
+export function formatMoney(amount, currency) {
+  const code = String(currency || "usd").toUpperCase();
+  try {
+    const format = new Intl.NumberFormat(undefined, { style: "currency", currency: code });
+    const digits = format.resolvedOptions().maximumFractionDigits;
+    return format.format(Number(amount) / 10 ** digits);
+  } catch {
+    return `${(Number(amount) / 100).toFixed(2)} ${code}`;
+  }
+}
+
+function formatDateTime(value) {
+  if (!value) return "";
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : dateTimeFormat.format(date);
+}
+
+// -- the key shown once ------------------------------------------------------------------------
+
+function showNewKey(plaintext, intro) {
+  $("new-key-value").textContent = plaintext;
+  $("new-key").hidden = false;
+  notify(intro, "success");
+  $("copy-key").focus();
+}
+
+function hideNewKey() {
+  $("new-key-value").textContent = "";
+  $("new-key").hidden = true;
+}
+
+async function copyKey() {
+  const text = $("new-key-value").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    notify("Key copied to the clipboard.", "success");
+    return;
+  } catch {
+    /* no clipboard API here (e.g. plain http): select it for the customer instead */
+  }
+  const range = document.createRange();
+  range.selectNodeContents($("new-key-value"));
+  const selection = window.getSelection();
+  selection.removeAllRanges();
+  selection.addRange(range);
+  const copied = document.execCommand && document.execCommand("copy");
+  notify(
+    copied ? "Key copied to the clipboard." : "The key is selected: copy it with Ctrl+C or ⌘C.",
+    copied ? "success" : "info",
+  );
+}
+
+// -- views -------------------------------------------------------------------------------------
+
+function showSignedIn(signedIn) {
+  $("signed-in").hidden = !signedIn;
+  $("signed-out").hidden = signedIn;
+  $("sign-out").hidden = !signedIn;
+}
+
+async function enterDashboard() {
+  showSignedIn(true);
+  await Promise.all([loadUsage(), loadKeys()]);
+}
+
+function signOut() {
+  keyStore.clear();
+  hideNewKey();
+  $("keys-body").replaceChildren();
+  $("usage-chart").replaceChildren();
+  showSignedIn(false);
+  notify("You are signed out. Your key was removed from this browser tab.", "info");
+  $("sign-in-key").focus();
+}
+
+// -- usage -------------------------------------------------------------------------------------
+
+function renderUsage(usage) {
+  $("usage-units").textContent = formatNumber(usage.units);
+  $("usage-pending").textContent = formatNumber(usage.pending_units);
+  const invoice = usage.upcoming_invoice;
+  $("usage-invoice").textContent = invoice
+    ? formatMoney(invoice.amount_due, invoice.currency)
+    : "Unavailable right now";
+  const period = usage.period || {};
+  const start = new Date(period.start);
+  const end = new Date(period.end);
+  $("usage-period").textContent =
+    Number.isNaN(start.getTime()) || Number.isNaN(end.getTime())
+      ? ""
+      : `Billing period ${dateFormat.format(start)} to ${dateFormat.format(end)} (UTC).`;
+  const warning = $("usage-warning");
+  warning.textContent = usage.warning ? String(usage.warning) : "";
+  warning.hidden = !usage.warning;
+  renderChart($("usage-chart"), daysOfPeriod(period, usage.by_day || []), formatNumber);
+}
+
+async function loadUsage(button) {
+  const usage = await busy(button, () => api.usage());
+  if (usage) {
+    renderUsage(usage);
+    if (button) notify("Usage reloaded.", "info");
+  }
+}
+
+// -- keys --------------------------------------------------------------------------------------
+
+function isCurrentKey(key) {
+  const stored = keyStore.get() || "";
+  return stored.startsWith(key.prefix) && stored.endsWith(key.last4);
+}
+
+function keyStatus(key) {
+  if (key.revoked_at) return { text: "Revoked", usable: false };
+  if (key.expires_at) {
+    const expires = new Date(key.expires_at);
+    if (expires.getTime() <= Date.now()) return { text: "Expired", usable: false };
+    return { text: `Active until ${formatDateTime(key.expires_at)}`, usable: true };
+  }
+  return { text: "Active", usable: true };
+}
+
+function cell(text, className, column) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  if (column) td.dataset.label = column; // shown before the value on narrow screens
+  return td;
+}
+
+function actionButton(label, description, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "small secondary";
+  button.textContent = label;
+  button.setAttribute("aria-label", `${label} ${description}`);
+  button.addEventListener("click", () => onClick(button));
+  return button;
+}
+
+function renderKeys(keys) {
+  const rows = keys.map((key) => {
+    const row = document.createElement("tr");
+    const label = `${key.prefix}…${key.last4}`;
+    const status = keyStatus(key);
+    const current = isCurrentKey(key) && status.usable;
+    const name = cell(key.name || "Unnamed", "key-name");
+    if (current) {
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = "this tab";
+      name.append(" ", badge);
+    }
+    row.append(
+      name,
+      cell(label, "mono", "Key"),
+      cell(formatDateTime(key.created_at), "", "Created"),
+      cell(key.last_used_at ? formatDateTime(key.last_used_at) : "Never", "", "Last used"),
+      cell(status.text, status.usable ? "" : "muted", "Status"),
+    );
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    if (status.usable) {
+      const description = `key ${key.name || ""} ${label}`.replace(/\s+/g, " ");
+      actions.append(
+        actionButton("Rotate", description, (b) => rotateKey(key, label, b)),
+        actionButton("Revoke", description, (b) => revokeKey(key, label, b)),
+      );
+    }
+    row.append(actions);
+    return row;
+  });
+  $("keys-body").replaceChildren(...rows);
+}
+
+async function loadKeys() {
+  const listing = await busy(null, () => api.listKeys());
+  if (listing) renderKeys(listing.data || []);
+}
+
+async function createKey(event) {
+  event.preventDefault();
+  const input = $("create-key-name");
+  const created = await busy(event.submitter, () => api.createKey(input.value.trim()));
+  if (!created) return;
+  input.value = "";
+  showNewKey(created.api_key, `New key "${created.key.name}" created.`);
+  await loadKeys();
+}
+
+async function rotateKey(key, label, button) {
+  const grace = Number($("rotate-grace").value);
+  const when = $("rotate-grace").selectedOptions[0].textContent;
+  if (!window.confirm(`Rotate key ${label}? The old key stops working ${when}.`)) return;
+  const wasCurrent = isCurrentKey(key);
+  const rotated = await busy(button, () => api.rotateKey(key.id, grace));
+  if (!rotated) return;
+  if (wasCurrent) keyStore.set(rotated.api_key); // this tab keeps working with the new key
+  showNewKey(rotated.api_key, `Key ${label} rotated; here is its replacement.`);
+  await loadKeys();
+}
+
+async function revokeKey(key, label, button) {
+  if (!window.confirm(`Revoke key ${label} now? Requests with it are refused at once.`)) return;
+  const wasCurrent = isCurrentKey(key);
+  const done = await busy(button, () => api.revokeKey(key.id));
+  if (done === undefined) return;
+  if (wasCurrent) {
+    signOut(); // this tab's own key: nothing more can be done with it
+    notify(`Key ${label} revoked. It was the key this tab used, so you are signed out.`, "info");
+    return;
+  }
+  notify(`Key ${label} revoked.`, "success");
+  await loadKeys();
+}
+
+// -- subscribing, claiming, signing in, billing ------------------------------------------------
+
+async function subscribe(event) {
+  event.preventDefault();
+  const email = $("subscribe-email").value.trim();
+  const session = await busy(event.submitter, () => api.checkout(email));
+  if (session && session.url) {
+    notify("Taking you to checkout…", "info");
+    window.location.assign(session.url);
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function claim(checkoutSessionId) {
+  notify("Payment received. Getting your API key…", "info");
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const claimed = await api.claim(checkoutSessionId);
+      keyStore.set(claimed.api_key);
+      showNewKey(claimed.api_key, "Welcome! Your subscription is active and your key is ready.");
+      await enterDashboard();
+      return;
+    } catch (error) {
+      // Stripe's webhook can trail the redirect back here by a moment.
+      if (error.code === "checkout_incomplete" && attempt < CLAIM_ATTEMPTS) {
+        await sleep(CLAIM_RETRY_MS);
+        continue;
+      }
+      showError(error, CLAIM_MESSAGES);
+      if (keyStore.get()) await enterDashboard(); // already signed in in this tab
+      return;
+    }
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("sign-in-key");
+  const key = input.value.trim();
+  if (!key) {
+    notify("Paste your API key to sign in.", "error");
+    input.focus();
+    return;
+  }
+  keyStore.set(key);
+  input.value = "";
+  const listing = await busy(event.submitter, () => api.listKeys());
+  if (!listing) {
+    keyStore.clear();
+    showSignedIn(false);
+    input.focus();
+    return;
+  }
+  notify("Signed in.", "success");
+  showSignedIn(true);
+  renderKeys(listing.data || []);
+  await loadUsage();
+}
+
+async function openPortal(event) {
+  const portal = await busy(event.currentTarget, () => api.portal());
+  if (portal && portal.url) {
+    notify("Opening the billing portal…", "info");
+    window.location.assign(portal.url);
+  }
+}
+
+async function start() {
+  $("subscribe-form").addEventListener("submit", subscribe);
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("create-key-form").addEventListener("submit", createKey);
+  $("sign-out").addEventListener("click", signOut);
+  $("copy-key").addEventListener("click", copyKey);
+  $("dismiss-key").addEventListener("click", () => {
+    hideNewKey();
+    notify("", "info");
+    $("main").focus(); // the focused button just disappeared: keep keyboard users in place
+  });
+  $("refresh-usage").addEventListener("click", (e) => loadUsage(e.currentTarget));
+  $("open-portal").addEventListener("click", openPortal);
+
+  const url = new URL(window.location.href);
+  const checkoutSessionId = url.searchParams.get("session_id");
+  if (checkoutSessionId) {
+    // Out of the address bar and history at once: a reload must not try to claim again.
+    url.searchParams.delete("session_id");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+    await claim(checkoutSessionId);
+    return;
+  }
+  if (keyStore.get()) {
+    await enterDashboard();
+  } else {
+    showSignedIn(false);
+  }
+}
+
+start();
