@@ -73,3 +73,20 @@ async def test_a_body_that_is_not_json_is_a_validation_error(client: httpx.Async
         )
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_an_unreachable_database_is_503_not_500(tmp_path: Path) -> None:
+    from tests.integration.keys_support import headers
+
+    app = create_app(make_settings("postgresql+asyncpg://nobody@127.0.0.1:1/none"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            from meterapi.keys import format as key_format
+
+            response = await client.get(
+                "/v1/keys", headers=headers(key_format.generate(live=False))
+            )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert response.headers["retry-after"] == "1"

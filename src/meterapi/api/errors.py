@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meterapi.errors import DomainError
@@ -64,6 +65,29 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", _describe(exc))
 
 
+def _database_unavailable(exc: Exception) -> bool:
+    """The database is down, overloaded or locked: worth a retry, unlike a bug."""
+    if isinstance(exc, ConnectionError | sa_exc.TimeoutError):  # refused; pool exhausted
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not _database_unavailable(exc):
+        return await _unexpected_error(request, exc)
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__
+    )
+    return error_response(
+        503,
+        "database_unavailable",
+        "The database is busy or unreachable; nothing was done. Try again shortly.",
+        {"Retry-After": "1"},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Log the type and route only: an exception's text can carry request data.
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
@@ -74,4 +98,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for database_trouble in (ConnectionError, sa_exc.TimeoutError, sa_exc.DBAPIError):
+        app.add_exception_handler(database_trouble, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
