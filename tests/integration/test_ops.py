@@ -90,3 +90,11 @@ async def test_an_unreachable_database_is_503_not_500(tmp_path: Path) -> None:
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "database_unavailable"
     assert response.headers["retry-after"] == "1"
+
+
+async def test_the_openapi_document_describes_the_error_shape(client: httpx.AsyncClient) -> None:
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    validation = schemas["HTTPValidationError"]
+    assert validation["required"] == ["error"]
+    assert validation["properties"]["error"]["required"] == ["code", "message"]
+    assert "ValidationError" not in schemas
