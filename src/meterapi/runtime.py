@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
-from meterapi.db import Sessionmaker, make_engine, make_sessionmaker
+from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
+
+LEDGER_POOL: dict[str, Any] = {"pool_size": 2, "max_overflow": 2}
 
 
 @dataclass
@@ -24,6 +27,7 @@ class Runtime:
     metrics: Metrics
     keys: KeyGuard
     gateway: StripeGateway
+    ledger_engine: AsyncEngine
     recorder: UsageRecorder
     reporter: Reporter
     invoices: InvoicePreviews
@@ -33,6 +37,10 @@ class Runtime:
         """Build without I/O; connections open on first use, tasks start in ``start``."""
         engine = make_engine(settings.database_url)
         sessionmaker = make_sessionmaker(engine)
+        # The ledger writes through its own small pool: billable writes never queue behind
+        # requests that hold the main pool's connections.
+        url = settings.database_url
+        ledger_engine = make_engine(url) if is_sqlite(url) else make_engine(url, **LEDGER_POOL)
         metrics = Metrics()
         gateway = StripeGateway(settings)
         reporter = Reporter(
@@ -49,7 +57,8 @@ class Runtime:
             metrics=metrics,
             keys=KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker),
             gateway=gateway,
-            recorder=UsageRecorder(sessionmaker, on_commit=reporter.wake),
+            ledger_engine=ledger_engine,
+            recorder=UsageRecorder(make_sessionmaker(ledger_engine), on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
         )
@@ -68,4 +77,5 @@ class Runtime:
             await self.keys.stop()
         finally:
             await self.gateway.close()
+            await self.ledger_engine.dispose()
             await self.engine.dispose()

@@ -87,5 +87,6 @@ async def create_portal(
     customer = await session.get(Customer, caller.customer_id)
     if customer is None:
         raise NotFound()
+    await session.commit()  # the connection goes back to the pool before Stripe is asked
     url = await checkout.open_portal(gateway, settings=settings, customer=customer)
     return PortalOut(url=url)

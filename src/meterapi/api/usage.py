@@ -55,6 +55,9 @@ async def get_usage(caller: CustomerDep, session: SessionDep, runtime: RuntimeDe
     if customer is None:
         raise NotFound()
     totals = await usage_totals(session, customer=customer, now=utcnow())
+    # Hand the connection back before waiting on Stripe: a slow Stripe must not hold the pool
+    # that key lookups need.
+    await session.commit()
     invoice = await runtime.invoices.get(customer, reported_units=totals.reported_units)
     return UsageOut(
         customer_id=customer.stripe_customer_id,
