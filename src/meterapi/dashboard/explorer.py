@@ -14,9 +14,9 @@ from pathlib import Path
 import swagger_ui_bundle
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
-from meterapi.errors import NotFound
+from meterapi.dashboard.assets import serve_listed
 
 SWAGGER_UI = Path(str(swagger_ui_bundle.swagger_ui_path))
 ASSET_PREFIX = "/docs/assets"
@@ -49,11 +49,10 @@ async def explorer(request: Request) -> HTMLResponse:
 
 @router.get(ASSET_PREFIX + "/{name}")
 async def explorer_asset(name: str) -> Response:
-    media_type = ASSETS.get(name)
-    if media_type is None:
-        raise NotFound("No such explorer asset.")
-    return FileResponse(
-        SWAGGER_UI / name,
-        media_type=media_type,
-        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    return serve_listed(
+        SWAGGER_UI,
+        name,
+        listed=ASSETS,
+        cache_control="public, max-age=86400",
+        what="explorer asset",
     )

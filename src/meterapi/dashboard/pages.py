@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from meterapi.errors import NotFound
+from meterapi.dashboard.assets import serve_listed
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -57,11 +57,6 @@ async def dashboard() -> Response:
 
 @router.get("/dashboard/assets/{name}")
 async def dashboard_asset(name: str) -> Response:
-    media_type = ASSETS.get(name)
-    if media_type is None:
-        raise NotFound("No such dashboard asset.")
-    return FileResponse(
-        STATIC / name,
-        media_type=media_type,
-        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    return serve_listed(
+        STATIC, name, listed=ASSETS, cache_control="no-cache", what="dashboard asset"
     )

@@ -33,7 +33,7 @@ from .faults import parse_fault
 from .resources import checkout, lifecycle
 from .resources.meters import number
 from .state import JSON, now, public
-from .wire import StripeError, missing
+from .wire import StripeError, decode_json, missing
 
 if TYPE_CHECKING:
     from .app import Emulator
@@ -46,16 +46,7 @@ def _json(body: JSON, status: int = 200) -> Response:
 
 
 async def _body(request: Request) -> JSON:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise StripeError("The control request body must be JSON.") from exc
-    if not isinstance(data, dict):
-        raise StripeError("The control request body must be a JSON object.")
-    return data
+    return decode_json(await request.body())
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
