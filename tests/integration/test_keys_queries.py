@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -37,6 +39,22 @@ async def test_a_warm_key_costs_no_key_query(app: FastAPI, client: httpx.AsyncCl
             response = await client.get("/v1/data", headers=headers(key))
             assert response.status_code == 200
     assert warm.touching_keys() == []
+
+
+async def test_concurrent_misses_on_one_key_share_one_read(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A cold start under load (or a hot key's entry expiring) sends one read, not one per
+    request in flight; the same for an unknown key."""
+    _, key = await seed_customer_with_key(app)
+    unknown = key_format.generate(live=False)
+    with count_statements(app) as log:
+        responses = await asyncio.gather(
+            *(client.get("/v1/data", headers=headers(key)) for _ in range(50)),
+            *(client.get("/v1/data", headers=headers(unknown)) for _ in range(50)),
+        )
+    assert [r.status_code for r in responses] == [200] * 50 + [401] * 50
+    assert len(log.touching_keys()) == 2
 
 
 async def test_an_inactive_customer_is_refused_from_the_cache(

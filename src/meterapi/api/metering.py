@@ -2,21 +2,28 @@
 
 A route declares its cost with ``openapi_extra=cost(units)`` on a router whose ``route_class`` is
 ``MeteredRoute``. Such a route authenticates its caller itself (``require_api_key``, subscription
-checked) before the endpoint runs, and the endpoint reads the caller with ``paying_caller``: on the
-hottest path this saves FastAPI a dependency to resolve per request, and the OpenAPI document
-still shows the API-key requirement. The recording happens after the endpoint has produced its
-response and before a byte of it goes out; an endpoint that raises, or answers outside 2xx,
-costs nothing. If the ledger cannot make the usage durable, the caller gets 503 instead of an
-unbilled success.
+checked) before the endpoint runs, and the endpoint reads the caller with ``paying_caller``; the
+OpenAPI document still shows the API-key requirement. The recording happens after the endpoint
+has produced its response and before a byte of it goes out; an endpoint that raises, or answers
+outside 2xx, costs nothing. If the ledger cannot make the usage durable, the caller gets 503
+instead of an unbilled success.
+
+The paid API is the hottest path there is, so an endpoint that takes nothing but the ``Request``
+and returns a ``Response`` is called directly, without FastAPI's per-request machinery (dependency
+solving, exit stacks, response validation): there is nothing for it to do there. Refusals are
+raised as ``DomainError`` and answered by the application's handlers either way. An endpoint
+with parameters or dependencies goes through FastAPI as usual and is metered the same way.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from meterapi.api.deps import API_KEY_SCHEME, require_api_key
 from meterapi.errors import UsageNotRecorded
@@ -43,7 +50,9 @@ def paying_caller(request: Request) -> Principal:
 class MeteredRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         extra = kwargs.get("openapi_extra") or {}
-        if extra.get(UNITS_KEY):
+        self.units = int(extra.get(UNITS_KEY, 0))
+        self.direct = self.units > 0 and _takes_only_the_request(endpoint)
+        if self.units:
             # The requirement a Security dependency would have declared (the scheme itself is
             # registered by the self-service routes, which use the same ApiKeyAuth).
             kwargs["openapi_extra"] = {**extra, "security": [{API_KEY_SCHEME: []}]}
@@ -51,27 +60,52 @@ class MeteredRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        units = int((self.openapi_extra or {}).get(UNITS_KEY, 0))
-        if not units:
+        if not self.units:
             return handler
-        route = self.path
 
         async def metered(request: Request) -> Response:
             await require_api_key(request)
-            response = await handler(request)
-            if 200 <= response.status_code < 300:
-                principal = paying_caller(request)
-                runtime: Runtime = request.app.state.runtime
-                try:
-                    await runtime.recorder.record(
-                        customer_id=principal.customer_id,
-                        api_key_id=principal.key_id,
-                        route=route,
-                        units=units,
-                    )
-                except LedgerUnavailable as exc:
-                    raise UsageNotRecorded() from exc
-                runtime.metrics.units_recorded.inc(units)
-            return response
+            return await self._charge(request, await handler(request))
 
         return metered
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.direct or scope["method"] not in (self.methods or ()):
+            await super().handle(scope, receive, send)  # incl. 405 for another method
+            return
+        request = Request(scope, receive, send)
+        await require_api_key(request)
+        response = await self._charge(request, await self.endpoint(request))
+        await response(scope, receive, send)
+
+    async def _charge(self, request: Request, response: Response) -> Response:
+        """Record a successful response's units; answer 503 if they cannot be recorded."""
+        if 200 <= response.status_code < 300:
+            principal = paying_caller(request)
+            runtime: Runtime = request.app.state.runtime
+            try:
+                await runtime.recorder.record(
+                    customer_id=principal.customer_id,
+                    api_key_id=principal.key_id,
+                    route=self.path,
+                    units=self.units,
+                )
+            except LedgerUnavailable as exc:
+                raise UsageNotRecorded() from exc
+            runtime.metrics.units_recorded.inc(self.units)
+        return response
+
+
+def _takes_only_the_request(endpoint: Callable[..., Any]) -> bool:
+    """``async def endpoint(request: Request) -> Response``: nothing for FastAPI to resolve."""
+    if not inspect.iscoroutinefunction(endpoint):
+        return False
+    signature = inspect.signature(endpoint, eval_str=True)
+    parameters = list(signature.parameters.values())
+    returns = signature.return_annotation
+    return (
+        len(parameters) == 1
+        and parameters[0].annotation is Request
+        and isinstance(returns, type)
+        and issubclass(returns, Response)
+    )

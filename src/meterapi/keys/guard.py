@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker
-from meterapi.keys import invalidation, service
+from meterapi.errors import InvalidApiKey
+from meterapi.keys import hashing, invalidation, service
 from meterapi.keys.cache import KeyCache
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.keys.invalidation import Invalidator
@@ -37,6 +40,8 @@ class KeyGuard:
         self.cache = cache
         self.invalidator = invalidator
         self.last_used = last_used
+        # Cache fills in progress, by digest: concurrent misses on one key share one read.
+        self._fills: dict[str, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:  # never the pepper
         return f"KeyGuard(live={self.live}, cache={self.cache!r})"
@@ -90,15 +95,55 @@ class KeyGuard:
             now=now,
         )
         if principal is None:
-            async with self.sessionmaker() as session:
-                principal = await service.authenticate(
-                    session,
-                    plaintext,
-                    pepper=self._pepper,
-                    cache=self.cache,
-                    past_due_grace_s=self.past_due_grace_s,
-                    require_access=require_access,
-                    now=now,
-                )
+            await self._fill(plaintext, now)
+            principal = service.authenticate_cached(
+                plaintext,
+                pepper=self._pepper,
+                cache=self.cache,
+                past_due_grace_s=self.past_due_grace_s,
+                require_access=require_access,
+                now=now,
+            )
+        if principal is None:  # invalidated between the fill and now: read for this request
+            principal = await self._read(plaintext, require_access=require_access, now=now)
         self.last_used.note(principal.key_id, now)
         return principal
+
+    async def _fill(self, plaintext: str, now: datetime) -> None:
+        """Bring the key into the cache (or into its misses), once for all concurrent callers.
+
+        Without this, a hot key whose entry expires, or a cold start under load, would send
+        every request in flight to the database at once. An unknown key fills the miss cache,
+        and its callers are then refused from there.
+        """
+        digest = hashing.digest(plaintext, pepper=self._pepper)
+        fill = self._fills.get(digest)
+        if fill is None:
+
+            async def read() -> None:
+                # An unknown key is now a known miss (unless invalidated meanwhile).
+                with contextlib.suppress(InvalidApiKey):
+                    await self._read(plaintext, require_access=False, now=now)
+
+            def done(task: asyncio.Task[None]) -> None:
+                self._fills.pop(digest, None)
+                if not task.cancelled():
+                    task.exception()  # retrieved here too, in case every caller gave up
+
+            fill = asyncio.create_task(read())
+            self._fills[digest] = fill
+            fill.add_done_callback(done)
+        # Shielded: one caller giving up must not cancel the read the others wait for.
+        await asyncio.shield(fill)
+
+    async def _read(self, plaintext: str, *, require_access: bool, now: datetime) -> Principal:
+        async with self.sessionmaker() as session:
+            return await service.authenticate(
+                session,
+                plaintext,
+                pepper=self._pepper,
+                cache=self.cache,
+                past_due_grace_s=self.past_due_grace_s,
+                require_access=require_access,
+                now=now,
+            )
