@@ -64,8 +64,8 @@ class MeteredRoute(APIRoute):
             return handler
 
         async def metered(request: Request) -> Response:
-            await require_api_key(request)
-            return await self._charge(request, await handler(request))
+            principal = await require_api_key(request)
+            return await self._charge(request, principal, await handler(request))
 
         return metered
 
@@ -74,14 +74,13 @@ class MeteredRoute(APIRoute):
             await super().handle(scope, receive, send)  # incl. 405 for another method
             return
         request = Request(scope, receive, send)
-        await require_api_key(request)
-        response = await self._charge(request, await self.endpoint(request))
+        principal = await require_api_key(request)
+        response = await self._charge(request, principal, await self.endpoint(request))
         await response(scope, receive, send)
 
-    async def _charge(self, request: Request, response: Response) -> Response:
+    async def _charge(self, request: Request, principal: Principal, response: Response) -> Response:
         """Record a successful response's units; answer 503 if they cannot be recorded."""
         if 200 <= response.status_code < 300:
-            principal = paying_caller(request)
             runtime: Runtime = request.app.state.runtime
             try:
                 await runtime.recorder.record(

@@ -232,10 +232,12 @@ def authenticate_cached(
     """``authenticate`` from the cache alone: the caller, an error, or ``None`` if the database
     must be asked. This is the whole hot path of a warm key: no session, no I/O."""
     digest = hashing.digest(plaintext, pepper=pepper)  # for every value, well formed or not
-    if not key_format.looks_valid(plaintext) or cache.is_known_miss(digest):
-        raise InvalidApiKey()
     entry = cache.key(digest)
     if entry is None:
+        # Only a well-formed key was ever cached, so the shape and checksum are checked here,
+        # off the warm path; every refusal still pays for the digest above.
+        if not key_format.looks_valid(plaintext) or cache.is_known_miss(digest):
+            raise InvalidApiKey()
         return None
     customer = cache.customer(entry.customer_id)
     if customer is None:

@@ -1,18 +1,18 @@
 """The usage ledger's write path, with group commit.
 
 Each billable response must be durable before it is sent, but a commit per request would make the
-database's fsync the service's speed limit. So requests hand their row to one writer task and wait:
-while a commit is in flight, new rows gather, and the next commit takes them all at once. A
+database's fsync the service's speed limit. So requests hand their row to a writer and wait: while
+a commit is in flight, new rows gather, and the next commit takes them all at once. A
 request's wait ends when the transaction holding its row has committed (or failed, in which case
 the request fails too and nothing is billed).
 
 On PostgreSQL a batch is one ``INSERT … SELECT FROM unnest(…)`` run in autocommit on the driver's
 connection: a single statement is atomic and, with ``synchronous_commit`` on, durable when it
 returns, so a batch costs one round trip instead of three (BEGIN, INSERT, COMMIT) and no ORM work.
-The writer keeps its connections checked out between batches (a checkout from the pool costs about
+The writers keep their connections checked out between batches (a checkout from the pool costs about
 three times the statement's own CPU); one that fails is discarded, never reused, and a failed batch
-is never retried (it may have committed before the connection broke). Two batches may be in flight
-at once on PostgreSQL: a request that arrives while one batch commits need not wait for that commit
+is never retried (it may have committed before the connection broke). Two writers may commit at
+once on PostgreSQL: a request that arrives while one batch commits need not wait for that commit
 to end before its own begins, and the event loop is not left idle while every caller waits on the
 database. SQLite has one writer, so there it is one at a time. Batches are independent (each row
 stands alone), so their commit order does not matter.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 
-POSTGRES_IN_FLIGHT = 2
+POSTGRES_LANES = 2
 
 _POSTGRES_INSERT = (
     "INSERT INTO usage_event (customer_id, api_key_id, route, units, occurred_at) "
@@ -61,6 +61,12 @@ class LedgerUnavailable(Exception):
 
 
 class UsageRecorder:
+    """Group commit through at most ``lanes`` writers, each a task that commits whatever is
+    queued, then looks again, and ends when the queue is empty. ``record`` starts a lane when
+    fewer are running, so a row never waits for a wake-up, and a lane that finishes a commit
+    takes the rows that gathered meanwhile at once: the event loop, busy serving requests,
+    stands between a commit and the next as little as possible."""
+
     def __init__(
         self, sessionmaker: Sessionmaker, *, on_commit: Callable[[], None] | None = None
     ) -> None:
@@ -68,10 +74,16 @@ class UsageRecorder:
         self._engine: AsyncEngine = sessionmaker.kw["bind"]
         self._on_commit = on_commit
         self._queue: list[tuple[Usage, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._lanes: set[asyncio.Task[None]] = set()
+        self._running_lanes = 0
+        self._max_lanes = POSTGRES_LANES if self._engine.dialect.name == "postgresql" else 1
+        self._write = (
+            self._write_postgres
+            if self._engine.dialect.name == "postgresql"
+            else self._write_sqlite
+        )
         self._idle: list[tuple[AsyncConnection, asyncpg.Connection]] = []
+        self._started = False
         self._closing = False
 
     async def record(
@@ -84,48 +96,41 @@ class UsageRecorder:
         occurred_at: datetime | None = None,
     ) -> None:
         """Return once the usage is committed; raise ``LedgerUnavailable`` if it could not be."""
-        if self._task is None or self._closing:
+        if not self._started or self._closing:
             raise LedgerUnavailable("the usage ledger is not running")
         usage = Usage(customer_id, api_key_id, route, units, occurred_at or utcnow())
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((usage, done))
-        self._wakeup.set()
+        if self._running_lanes < self._max_lanes:
+            self._running_lanes += 1
+            lane = asyncio.create_task(self._lane(), name="meterapi-usage-writer")
+            self._lanes.add(lane)
+            lane.add_done_callback(self._lanes.discard)
         # If the caller is cancelled, this future is cancelled with it, but the row stays queued
         # and is committed with its batch: a cancelled request never takes a row out of one.
         await done
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="meterapi-usage-writer")
+        self._started = True
 
     async def stop(self) -> None:
         """Commit everything queued, then stop."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        # Every queued row has a running lane (see _lane), so these commit it all.
+        await asyncio.gather(*self._lanes)
+        while self._idle:
+            await self._idle.pop()[0].close()
+        self._started = False
 
-    async def _run(self) -> None:
-        postgres = self._engine.dialect.name == "postgresql"
-        slots = asyncio.Semaphore(POSTGRES_IN_FLIGHT if postgres else 1)
-        write = self._write_postgres if postgres else self._write_sqlite
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+    async def _lane(self) -> None:
+        try:
             while self._queue:
-                await slots.acquire()
-                # Taken only once a slot is free, so that rows arriving meanwhile join it.
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                task = asyncio.create_task(self._commit(batch, write))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-                task.add_done_callback(lambda _task: slots.release())
-            if self._closing:  # nothing more can be queued: see record()
-                await asyncio.gather(*self._in_flight)
-                while self._idle:
-                    await self._idle.pop()[0].close()
-                return
+                await self._commit(batch)
+        finally:
+            # No await between the last look at the queue and this: a row queued after it
+            # finds the lane gone and starts another.
+            self._running_lanes -= 1
 
     async def _write_postgres(self, usages: list[Usage]) -> None:
         if self._idle:
@@ -149,13 +154,9 @@ class UsageRecorder:
             await session.exec(insert(UsageEvent), params=_rows(usages))
             await session.commit()
 
-    async def _commit(
-        self,
-        batch: list[tuple[Usage, asyncio.Future[None]]],
-        write: Callable[[list[Usage]], Awaitable[None]],
-    ) -> None:
+    async def _commit(self, batch: list[tuple[Usage, asyncio.Future[None]]]) -> None:
         try:
-            await write([u for u, _ in batch])
+            await self._write([u for u, _ in batch])
         except Exception as exc:
             log.error("usage batch of %d rows not committed: %s", len(batch), type(exc).__name__)
             for _, done in batch:
