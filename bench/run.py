@@ -14,7 +14,9 @@ One run, in order:
    the metered saturation rate, a load the metered path can carry;
 5. SIGTERM (the service flushes its usage), then: Stripe's totals against the 2xx responses and
    the ledger, and the meter-event calls Stripe received per metered request;
-6. the tutorial-style app (``bench/tutorial_app.py``) with 150 ms added to every Stripe call.
+6. the key check alone: ``bench/auth_app.py`` (the service plus an authenticated route without
+   metering) against ``/healthz``, in its own process;
+7. the tutorial-style app (``bench/tutorial_app.py``) with 150 ms added to every Stripe call.
 
 ``--scale`` instead compares one worker, ``--workers 2`` and two replicas on one database.
 """
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import drive, keys_bench
+from bench import auth_app, drive, keys_bench
 from bench.drive import Result
 from bench.stack import (
     METER_EVENTS_PATH,
@@ -285,6 +287,31 @@ def new_customers(stack: Stack, label: str, tool: str) -> tuple[Customer, Custom
     )
 
 
+def measure_key_check(
+    stack: Stack, args: argparse.Namespace, *, key: str, say: Callable[[str], None]
+) -> tuple[Series, Series]:
+    """``/healthz`` against an authenticated, unmetered route of the same service."""
+    service = stack.start_service("auth-only", app="bench.auth_app:create_app")
+    ports, conns, secs, tool = [service.port], args.connections, args.seconds, args.tool
+    path = auth_app.PATH
+    bare, authenticated = Series(), Series()
+    say("[key check alone] warm-up")
+    drive.saturate(ports, "/healthz", key=None, seconds=2, connections=conns, tool=tool)
+    drive.saturate(ports, path, key=key, seconds=2, connections=conns, tool=tool)
+    for round_ in range(1, args.rounds + 1):
+        say(f"[key check alone] saturation, round {round_}/{args.rounds}")
+        bare.runs.append(
+            drive.saturate(ports, "/healthz", key=None, seconds=secs, connections=conns, tool=tool)
+        )
+        authenticated.runs.append(
+            drive.saturate(
+                ports, auth_app.PATH, key=key, seconds=secs, connections=conns, tool=tool
+            )
+        )
+    service.terminate()
+    return bare, authenticated
+
+
 def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> bool:
     micros = asyncio.run(
         keys_bench.verification_cost(stack.database_url, key=stack.seed_customer("verify")[1])
@@ -306,6 +333,8 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
     )
     totals = settle(stack, config)
     shutdown_calls = asyncio.run(meter_event_calls(stack.emulator.url, counter_id)) - calls
+
+    auth_bare, auth_only = measure_key_check(stack, args, key=load.key, say=say)
 
     say("[tutorial] 150 ms added to every Stripe call")
     tutorial_id, tutorial_key = stack.seed_customer("tutorial")
@@ -351,6 +380,7 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
     print(figures.malformed.line("GET /v1/data, malformed key (401)"))
     print(tutorial_series.line("tutorial-style, Stripe +150 ms"))
     ratio = figures.metered.rps / figures.bare.rps
+    key_check_ratio = auth_only.rps / auth_bare.rps
     tutorial_ratio = tutorial_series.rps / figures.metered.rps
     print(f"  ratio metered / bare:       {ratio:.3f}   (target ≥ 0.75)")
     print(f"  ratio 401 / bare:           {figures.malformed.rps / figures.bare.rps:.3f}")
@@ -358,6 +388,12 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
         f"  ratio tutorial / meterapi:  {tutorial_ratio:.3f}   (target ≤ 0.1; the tutorial is "
         f"bound by {args.connections} connections ÷ 0.15 s = {args.connections / 0.15:,.0f} req/s)"
     )
+    print()
+    print("the key check alone (bench/auth_app.py: the same service, a route with ApiKeyDep and")
+    print("/v1/data's body, no metering; its own process, interleaved rounds):")
+    print(auth_bare.line("GET /healthz (bare)"))
+    print(auth_only.line("GET /bench/authenticated"))
+    print(f"  ratio authenticated / bare: {key_check_ratio:.3f}   (target ≥ 0.85)")
     print()
     print(f"fixed offered rate {figures.rate:,.0f} req/s (half of bare saturation; open loop):")
     print(figures.bare_at_rate.line("GET /healthz (bare)"))

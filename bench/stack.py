@@ -235,11 +235,17 @@ class Stack:
         assert self.price_id, "meterapi stripe setup printed no price"
 
     def start_service(
-        self, name: str = "meterapi", *, workers: int = 1, port: int | None = None, **env: str
+        self,
+        name: str = "meterapi",
+        *,
+        workers: int = 1,
+        port: int | None = None,
+        app: str = "meterapi.app:create_app",
+        **env: str,
     ) -> Proc:
         port = port or free_port()
         argv = [
-            sys.executable, "-m", "uvicorn", "meterapi.app:create_app", "--factory",
+            sys.executable, "-m", "uvicorn", app, "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "20",
         ]  # fmt: skip

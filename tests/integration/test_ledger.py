@@ -11,6 +11,7 @@ from sqlalchemy import event, func, text
 from sqlmodel import col, select
 
 from meterapi.db import Sessionmaker
+from meterapi.metering import reporter
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metering.reporter import claim_unreported, make_identifier
 from meterapi.models import Customer, UsageEvent, UsageReport
@@ -210,3 +211,24 @@ async def test_a_broken_writer_connection_fails_one_batch_then_is_replaced(
     await recorder.stop()
     async with sessionmaker() as session:
         assert await session.scalar(select(func.sum(UsageEvent.units))) == 5
+
+
+@pytest.mark.postgres_only
+async def test_the_claim_walks_the_unreported_index_in_order(sessionmaker: Sessionmaker) -> None:
+    """Whatever the statistics say: an ordered scan of the partial index stops after the limit
+    and skips rows reported since the last vacuum; a bitmap or sequential scan reads them all."""
+    customer_id = await add_customer(sessionmaker)
+    async with sessionmaker() as session:
+        for _ in range(50):
+            session.add(UsageEvent(customer_id=customer_id, api_key_id="k", route="/r", units=1))
+        await session.commit()
+    async with sessionmaker() as session:
+        connection = await session.connection()
+        await connection.execute(text("ANALYZE usage_event"))
+        await connection.execute(reporter._PG_SCAN_ONLY, {"on": "off"})
+        plan = (
+            await connection.execute(
+                text("EXPLAIN " + reporter._PG_CLAIM.element.text), {"limit": 10}
+            )
+        ).scalars()
+        assert any("Index Scan using ix_usage_event_unreported" in line for line in plan)

@@ -84,11 +84,22 @@ class _Group:
 
 
 # PostgreSQL locks, groups and sums in one statement; Python sees one row per group.
+#
+# The rows are taken in the order of the partial index on unreported usage (customer, id), by an
+# ordered scan of that index and nothing else (``_PG_SCAN_ONLY``): it stops after ``limit``
+# rows, and it marks the entries of rows reported since the last vacuum as dead as it passes
+# them, so the next claim skips them. A bitmap scan, which the planner picks when its statistics
+# lag behind a table that churns like this one, does neither: seen on a database whose vacuum
+# had not caught up, each claim walked 1.4 million reported rows (110 ms for nothing; the
+# ordered scan took 185 ms once, then 16 ms).
+_PG_SCAN_ONLY = text(
+    "SELECT set_config('enable_bitmapscan', :on, true), set_config('enable_seqscan', :on, true)"
+)
 _PG_CLAIM = text(
     """
     WITH claimed AS (
         SELECT id, customer_id, units, occurred_at FROM usage_event
-        WHERE report_id IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+        WHERE report_id IS NULL ORDER BY customer_id, id LIMIT :limit FOR UPDATE SKIP LOCKED
     )
     SELECT customer_id, array_agg(id ORDER BY id), sum(units), max(occurred_at)
     FROM claimed
@@ -111,7 +122,9 @@ async def _claim_groups(session: AsyncSession, *, limit: int) -> list[_Group]:
     """Lock up to ``limit`` unreported rows and group them per customer and UTC minute."""
     if session.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
+        await connection.execute(_PG_SCAN_ONLY, {"on": "off"})  # for this transaction only
         result = await connection.execute(_PG_CLAIM, {"limit": limit})
+        await connection.execute(_PG_SCAN_ONLY, {"on": "on"})
         return [_Group(c, list(ids), int(units), latest) for c, ids, units, latest in result]
     # SQLite: one writer at a time (BEGIN IMMEDIATE), so no lock clause is needed.
     query = (
