@@ -389,7 +389,7 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
         f"bound by {args.connections} connections ÷ 0.15 s = {args.connections / 0.15:,.0f} req/s)"
     )
     print()
-    print("the key check alone (bench/auth_app.py: the same service, a route with ApiKeyDep and")
+    print("the key check alone (bench/auth_app.py: the same service, a paid route with cost(0) and")
     print("/v1/data's body, no metering; its own process, interleaved rounds):")
     print(auth_bare.line("GET /healthz (bare)"))
     print(auth_only.line("GET /bench/authenticated"))

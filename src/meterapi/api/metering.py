@@ -1,18 +1,18 @@
 """Metered routes: a 2xx response is recorded in the usage ledger before it is sent.
 
 A route declares its cost with ``openapi_extra=cost(units)`` on a router whose ``route_class`` is
-``MeteredRoute``. Such a route authenticates its caller itself (``require_api_key``, subscription
-checked) before the endpoint runs, and the endpoint reads the caller with ``paying_caller``; the
-OpenAPI document still shows the API-key requirement. The recording happens after the endpoint
-has produced its response and before a byte of it goes out; an endpoint that raises, or answers
-outside 2xx, costs nothing. If the ledger cannot make the usage durable, the caller gets 503
-instead of an unbilled success.
+``MeteredRoute`` (``cost(0)``: paid access, calls not billed). Such a route authenticates its
+caller itself (``require_api_key``, subscription checked) before the endpoint runs, and the
+endpoint reads the caller with ``paying_caller``; the OpenAPI document still shows the API-key
+requirement. The recording happens after the endpoint has produced its response and before a byte
+of it goes out; an endpoint that raises, or answers outside 2xx, costs nothing. If the ledger
+cannot make the usage durable, the caller gets 503 instead of an unbilled success.
 
 The paid API is the hottest path there is, so an endpoint that takes nothing but the ``Request``
 and returns a ``Response`` is called directly, without FastAPI's per-request machinery (dependency
 solving, exit stacks, response validation): there is nothing for it to do there. Refusals are
-raised as ``DomainError`` and answered by the application's handlers either way. An endpoint
-with parameters or dependencies goes through FastAPI as usual and is metered the same way.
+raised as ``DomainError`` and answered by the application's handlers either way. An endpoint with
+parameters or dependencies goes through FastAPI as usual and is metered the same way.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ UNITS_KEY = "x-meterapi-units"
 
 
 def cost(units: int) -> dict[str, Any]:
-    """The ``openapi_extra`` of a route that costs ``units`` per successful call."""
-    if units < 1:
-        raise ValueError("a metered route costs at least one unit")
+    """The ``openapi_extra`` of a paid route that costs ``units`` per successful call.
+
+    ``cost(0)``: the route needs a paying caller like any other, but its calls are not billed
+    (included in the subscription); nothing is written to the ledger for them.
+    """
+    if units < 0:
+        raise ValueError("a route cannot cost less than nothing")
     return {UNITS_KEY: units}
 
 
@@ -50,9 +54,10 @@ def paying_caller(request: Request) -> Principal:
 class MeteredRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         extra = kwargs.get("openapi_extra") or {}
+        self.paid = UNITS_KEY in extra
         self.units = int(extra.get(UNITS_KEY, 0))
-        self.direct = self.units > 0 and _takes_only_the_request(endpoint)
-        if self.units:
+        self.direct = self.paid and _takes_only_the_request(endpoint)
+        if self.paid:
             # The requirement a Security dependency would have declared (the scheme itself is
             # registered by the self-service routes, which use the same ApiKeyAuth).
             kwargs["openapi_extra"] = {**extra, "security": [{API_KEY_SCHEME: []}]}
@@ -60,7 +65,7 @@ class MeteredRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if not self.units:
+        if not self.paid:
             return handler
 
         async def metered(request: Request) -> Response:
@@ -80,7 +85,7 @@ class MeteredRoute(APIRoute):
 
     async def _charge(self, request: Request, principal: Principal, response: Response) -> Response:
         """Record a successful response's units; answer 503 if they cannot be recorded."""
-        if 200 <= response.status_code < 300:
+        if self.units and 200 <= response.status_code < 300:
             runtime: Runtime = request.app.state.runtime
             try:
                 await runtime.recorder.record(
