@@ -86,7 +86,19 @@ class KeyGuard:
         the customer's own keys, usage and billing portal, which a lapsed customer needs most.
         """
         now = now or utcnow()
-        principal = service.authenticate_cached(
+        principal = self._from_cache(plaintext, require_access=require_access, now=now)
+        if principal is None:
+            await self._fill(plaintext, now)
+            principal = self._from_cache(plaintext, require_access=require_access, now=now)
+        if principal is None:  # invalidated between the fill and now: read for this request
+            principal = await self._read(plaintext, require_access=require_access, now=now)
+        self.last_used.note(principal.key_id, now)
+        return principal
+
+    def _from_cache(
+        self, plaintext: str, *, require_access: bool, now: datetime
+    ) -> Principal | None:
+        return service.authenticate_cached(
             plaintext,
             pepper=self._pepper,
             cache=self.cache,
@@ -94,20 +106,6 @@ class KeyGuard:
             require_access=require_access,
             now=now,
         )
-        if principal is None:
-            await self._fill(plaintext, now)
-            principal = service.authenticate_cached(
-                plaintext,
-                pepper=self._pepper,
-                cache=self.cache,
-                past_due_grace_s=self.past_due_grace_s,
-                require_access=require_access,
-                now=now,
-            )
-        if principal is None:  # invalidated between the fill and now: read for this request
-            principal = await self._read(plaintext, require_access=require_access, now=now)
-        self.last_used.note(principal.key_id, now)
-        return principal
 
     async def _fill(self, plaintext: str, now: datetime) -> None:
         """Bring the key into the cache (or into its misses), once for all concurrent callers.
