@@ -184,7 +184,11 @@ class UsageReport(SQLModel, table=True):
     """One meter event: usage aggregated per customer and window, under a fixed identifier."""
 
     __tablename__ = "usage_report"
-    __table_args__ = (Index("ix_usage_report_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_usage_report_due", "status", "next_attempt_at"),
+        # The usage view sums reports per customer over a period (metering.usage).
+        Index("ix_usage_report_customer_event_at", "customer_id", "event_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
     identifier: str = Field(max_length=100, unique=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,8 @@ from meterapi.db import Sessionmaker
 from meterapi.metering import reporter
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metering.reporter import claim_unreported, make_identifier
-from meterapi.models import Customer, UsageEvent, UsageReport
+from meterapi.metering.usage import usage_totals
+from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport
 
 
 async def add_customer(sessionmaker: Sessionmaker, stripe_id: str = "cus_A") -> int:
@@ -232,3 +233,45 @@ async def test_the_claim_walks_the_unreported_index_in_order(sessionmaker: Sessi
             )
         ).scalars()
         assert any("Index Scan using ix_usage_event_unreported" in line for line in plan)
+
+
+async def test_usage_totals_add_claimed_and_unclaimed_usage(sessionmaker: Sessionmaker) -> None:
+    """The usage view reads claimed usage from its reports and the rest from the ledger; the
+    sums are the ledger's all the same, per day too, and only sent reports count as reported."""
+    a = await add_customer(sessionmaker, "cus_A")
+    b = await add_customer(sessionmaker, "cus_B")
+    day1 = datetime(2026, 11, 24, 23, 59, 30, tzinfo=UTC)
+    day2 = datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
+    now = datetime(2026, 11, 25, 9, 0, 0, tzinfo=UTC)
+
+    async def add(customer_id: int, at: datetime, units: int) -> None:
+        async with sessionmaker() as session:
+            session.add(
+                UsageEvent(
+                    customer_id=customer_id, api_key_id="k", route="/r", units=units, occurred_at=at
+                )
+            )
+            await session.commit()
+
+    await add(a, day1, 1)
+    await add(a, day1, 2)
+    await add(a, day2, 4)
+    await add(b, day2, 100)  # another customer's
+    async with sessionmaker() as session:
+        await claim_unreported(session, event_name="api_requests", now=now)
+        await session.commit()
+    async with sessionmaker() as session:  # Stripe acknowledged the day-1 report only
+        reports = (await session.exec(select(UsageReport))).all()
+        for report in reports:
+            if report.event_at < day2:
+                report.status = ReportStatus.SENT
+        await session.commit()
+    await add(a, day2, 8)  # not claimed yet
+    await add(a, datetime(2026, 10, 31, 12, 0, tzinfo=UTC), 16)  # last period
+
+    async with sessionmaker() as session:
+        customer = await session.get(Customer, a)
+        assert customer is not None
+        totals = await usage_totals(session, customer=customer, now=now)
+    assert (totals.units, totals.reported_units, totals.pending_units) == (15, 3, 12)
+    assert totals.by_day == [(date(2026, 11, 24), 3), (date(2026, 11, 25), 12)]

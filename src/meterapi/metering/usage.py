@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -50,37 +51,69 @@ def current_period(customer: Customer, now: datetime) -> Period:
     return Period(month_start, next_month)
 
 
-def _utc_day(session: AsyncSession) -> ColumnElement[Any]:
+def _utc_day(session: AsyncSession, moment: Any) -> ColumnElement[Any]:
     if session.bind is not None and session.bind.dialect.name == "postgresql":
-        return cast(func.timezone("UTC", col(UsageEvent.occurred_at)), Date)
+        return cast(func.timezone("UTC", moment), Date)
     # SQLite keeps UTC text; date() takes its first ten characters' worth.
-    return func.date(col(UsageEvent.occurred_at))
+    return func.date(moment)
 
 
 async def usage_totals(session: AsyncSession, *, customer: Customer, now: datetime) -> UsageTotals:
+    """This period's units, reported and per day, at a cost that does not grow with traffic.
+
+    Claimed usage is read from its reports (one per customer and minute per claim, summed by the
+    reporter), unclaimed usage from the ledger rows not yet claimed (the partial index on
+    unreported usage keeps those few). A report counts at its ``event_at``, the moment Stripe
+    bills it at, so these figures add up as the invoice does. Summing the ledger's rows instead
+    read every call of the period on every look: at a few hundred calls a second, seconds per
+    request within a day.
+    """
     assert customer.id is not None
     period = current_period(customer, now)
-    in_period = (
-        col(UsageEvent.customer_id) == customer.id,
-        col(UsageEvent.occurred_at) >= period.start,
-        col(UsageEvent.occurred_at) < period.end,
-    )
-    units = await session.scalar(
-        select(func.coalesce(func.sum(UsageEvent.units), 0)).where(*in_period)
-    )
-    reported = await session.scalar(
-        select(func.coalesce(func.sum(UsageEvent.units), 0))
-        .join(UsageReport, col(UsageEvent.report_id) == col(UsageReport.id))
-        .where(*in_period, col(UsageReport.status) == ReportStatus.SENT)
-    )
-    day = _utc_day(session)
-    rows = (
+    event_at = col(UsageReport.event_at)
+    report_day = _utc_day(session, event_at)
+    claimed = (
         await session.exec(
-            select(day, func.sum(UsageEvent.units)).where(*in_period).group_by(day).order_by(day)
+            select(
+                report_day,
+                func.sum(UsageReport.value),
+                func.sum(UsageReport.value).filter(col(UsageReport.status) == ReportStatus.SENT),
+            )
+            .where(
+                col(UsageReport.customer_id) == customer.id,
+                event_at >= period.start,
+                event_at < period.end,
+            )
+            .group_by(report_day)
         )
     ).all()
-    by_day = [(d if isinstance(d, date) else date.fromisoformat(str(d)), int(n)) for d, n in rows]
-    return UsageTotals(period, int(units or 0), int(reported or 0), by_day)
+    occurred_at = col(UsageEvent.occurred_at)
+    row_day = _utc_day(session, occurred_at)
+    unclaimed = (
+        await session.exec(
+            select(row_day, func.sum(UsageEvent.units))
+            .where(
+                col(UsageEvent.customer_id) == customer.id,
+                col(UsageEvent.report_id).is_(None),
+                occurred_at >= period.start,
+                occurred_at < period.end,
+            )
+            .group_by(row_day)
+        )
+    ).all()
+    days: dict[date, int] = defaultdict(int)
+    reported = 0
+    for day, units, sent in claimed:
+        days[_as_date(day)] += int(units or 0)
+        reported += int(sent or 0)
+    for day, units in unclaimed:
+        days[_as_date(day)] += int(units or 0)
+    by_day = sorted(days.items())
+    return UsageTotals(period, sum(n for _, n in by_day), reported, by_day)
+
+
+def _as_date(value: object) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
 class InvoicePreviews:
