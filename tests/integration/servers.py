@@ -30,7 +30,7 @@ class ServiceProcess:
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 20.0) -> ServiceProcess:
+    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
         command = [
             sys.executable, "-m", "uvicorn", "meterapi.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
