@@ -61,11 +61,11 @@ class LedgerUnavailable(Exception):
 
 
 class UsageRecorder:
-    """Group commit through at most ``lanes`` writers, each a task that commits whatever is
-    queued, then looks again, and ends when the queue is empty. ``record`` starts a lane when
-    fewer are running, so a row never waits for a wake-up, and a lane that finishes a commit
-    takes the rows that gathered meanwhile at once: the event loop, busy serving requests,
-    stands between a commit and the next as little as possible."""
+    """Group commit through at most two writers on PostgreSQL (one on SQLite), each a task
+    (a lane) that commits whatever is queued, then looks again, and ends when the queue is
+    empty. ``record`` starts a lane when fewer are running, so a row never waits for a wake-up,
+    and a lane that finishes a commit takes the rows that gathered meanwhile at once: the event
+    loop, busy serving requests, stands between a commit and the next as little as possible."""
 
     def __init__(
         self, sessionmaker: Sessionmaker, *, on_commit: Callable[[], None] | None = None
@@ -76,12 +76,9 @@ class UsageRecorder:
         self._queue: list[tuple[Usage, asyncio.Future[None]]] = []
         self._lanes: set[asyncio.Task[None]] = set()
         self._running_lanes = 0
-        self._max_lanes = POSTGRES_LANES if self._engine.dialect.name == "postgresql" else 1
-        self._write = (
-            self._write_postgres
-            if self._engine.dialect.name == "postgresql"
-            else self._write_sqlite
-        )
+        postgres = self._engine.dialect.name == "postgresql"
+        self._max_lanes = POSTGRES_LANES if postgres else 1
+        self._write = self._write_postgres if postgres else self._write_sqlite
         self._idle: list[tuple[AsyncConnection, asyncpg.Connection]] = []
         self._started = False
         self._closing = False
@@ -144,8 +141,9 @@ class UsageRecorder:
             await driver.execute(_POSTGRES_INSERT, *_columns(usages))
         except BaseException:
             # Whatever went wrong, this connection is not trusted again.
-            await connection.invalidate()
-            await connection.close()
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+                await connection.close()
             raise
         self._idle.append((connection, driver))
 
