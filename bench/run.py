@@ -29,7 +29,6 @@ import os
 import platform
 import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from bench.stack import (
     StripeUsage,
     ledger_units,
     meter_event_calls,
+    narrator,
     start_counting_meter_event_calls,
     stripe_usage,
 )
@@ -478,16 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tool == "auto":
         args.tool = "wrk" if drive.wrk_available() else "loadgen"
     args.machine = machine()
-    started = time.monotonic()
-
-    def say(message: str) -> None:
-        print(f"{time.monotonic() - started:6.1f}s  {message}", flush=True)
-
+    say = narrator()
     with Stack() as stack:
         say("creating a PostgreSQL database, starting the Stripe emulator")
-        stack.create_database()
-        stack.start_emulator()
-        stack.migrate_and_set_up_stripe()
+        stack.set_up()
         ok = run_scale(stack, args, say) if args.scale else run_main(stack, args, say)
     say("done; processes stopped, database dropped")
     if not ok:

@@ -38,6 +38,7 @@ from bench.stack import (
     Stack,
     ledger_units,
     meter_event_calls,
+    narrator,
     start_counting_meter_event_calls,
     stripe_usage,
 )
@@ -106,16 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS reads")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-
-    def say(message: str) -> None:
-        print(f"{time.monotonic() - started:7.1f}s  {message}", flush=True)
-
+    say = narrator()
     with Stack() as stack:
         say("creating a PostgreSQL database, starting the Stripe emulator")
-        stack.create_database()
-        stack.start_emulator()
-        stack.migrate_and_set_up_stripe()
+        stack.set_up()
         assert stack.emulator is not None
         alice, alice_key = stack.seed_customer("soak-alice")
         bob, bob_key = stack.seed_customer("soak-bob")

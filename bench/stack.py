@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,16 @@ SECRET_KEY = "sk_test_bench"  # noqa: S105
 WEBHOOK_SECRET = "whsec_bench_not_secret"  # noqa: S105
 PEPPER = "bench-pepper-not-secret"
 START_TIMEOUT_S = 30.0
+
+
+def narrator() -> Callable[[str], None]:
+    """``say(message)``: the message on stdout after the seconds since this call."""
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"{time.monotonic() - started:7.1f}s  {message}", flush=True)
+
+    return say
 
 
 def free_port() -> int:
@@ -226,6 +237,12 @@ class Stack:
         if result.returncode != 0:
             raise RuntimeError(f"meterapi {' '.join(args[:2])} failed: {result.stderr[-2000:]}")
         return result.stdout
+
+    def set_up(self) -> None:
+        """A fresh database, the emulator, the schema and the metered price."""
+        self.create_database()
+        self.start_emulator()
+        self.migrate_and_set_up_stripe()
 
     def migrate_and_set_up_stripe(self) -> None:
         self.cli("db", "upgrade")
