@@ -147,7 +147,8 @@ class CacheRevision(SQLModel, table=True):
 
 
 class UsageEvent(SQLModel, table=True):
-    """The usage ledger: one row per billable response, written before the response is sent."""
+    """The usage ledger, written before the responses it bills are sent: one row per customer,
+    key, route and UTC minute in each committed batch, holding those responses' units."""
 
     __tablename__ = "usage_event"
     __table_args__ = (

@@ -16,6 +16,11 @@ once on PostgreSQL: a request that arrives while one batch commits need not wait
 to end before its own begins, and the event loop is not left idle while every caller waits on the
 database. SQLite has one writer, so there it is one at a time. Batches are independent (each row
 stands alone), so their commit order does not matter.
+
+A batch writes one row per customer, key, route and UTC minute, holding the units of every
+response in it that shares them: the rows the reporter later claims are fewer by the same factor,
+and the reporter groups per customer and minute anyway. Under light load a batch holds one
+response and the row is that response's.
 """
 
 from __future__ import annotations
@@ -154,7 +159,7 @@ class UsageRecorder:
 
     async def _commit(self, batch: list[tuple[Usage, asyncio.Future[None]]]) -> None:
         try:
-            await self._write([u for u, _ in batch])
+            await self._write(merge([u for u, _ in batch]))
         except Exception as exc:
             log.error("usage batch of %d rows not committed: %s", len(batch), type(exc).__name__)
             for _, done in batch:
@@ -167,6 +172,28 @@ class UsageRecorder:
         if self._on_commit is not None:
             with contextlib.suppress(Exception):
                 self._on_commit()
+
+
+def merge(usages: list[Usage]) -> list[Usage]:
+    """One usage per customer, key, route and UTC minute, with their units summed and the latest
+    moment among them (so no unit is dated before it happened, and none moves to another
+    minute, where the reporter would bill it in another meter event)."""
+    merged: dict[tuple[int, str, str, datetime], Usage] = {}
+    for u in usages:
+        key = (u.customer_id, u.api_key_id, u.route, u.occurred_at.replace(second=0, microsecond=0))
+        seen = merged.get(key)
+        merged[key] = (
+            u
+            if seen is None
+            else Usage(
+                u.customer_id,
+                u.api_key_id,
+                u.route,
+                seen.units + u.units,
+                max(seen.occurred_at, u.occurred_at),
+            )
+        )
+    return list(merged.values())
 
 
 def _rows(usages: list[Usage]) -> list[dict[str, object]]:
