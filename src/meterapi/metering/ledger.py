@@ -161,7 +161,7 @@ class UsageRecorder:
         try:
             await self._write(merge([u for u, _ in batch]))
         except Exception as exc:
-            log.error("usage batch of %d rows not committed: %s", len(batch), type(exc).__name__)
+            log.error("usage of %d responses not committed: %s", len(batch), type(exc).__name__)
             for _, done in batch:
                 if not done.done():
                     done.set_exception(LedgerUnavailable(type(exc).__name__))
