@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
@@ -182,17 +182,11 @@ def merge(usages: list[Usage]) -> list[Usage]:
     for u in usages:
         key = (u.customer_id, u.api_key_id, u.route, u.occurred_at.replace(second=0, microsecond=0))
         seen = merged.get(key)
-        merged[key] = (
-            u
-            if seen is None
-            else Usage(
-                u.customer_id,
-                u.api_key_id,
-                u.route,
-                seen.units + u.units,
-                max(seen.occurred_at, u.occurred_at),
+        if seen is not None:
+            u = replace(
+                seen, units=seen.units + u.units, occurred_at=max(seen.occurred_at, u.occurred_at)
             )
-        )
+        merged[key] = u
     return list(merged.values())
 
 
