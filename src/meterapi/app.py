@@ -16,6 +16,7 @@ from meterapi.api.limits import BodySizeLimit
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
 from meterapi.dashboard import router as dashboard_router
+from meterapi.gateway import Gateway
 from meterapi.runtime import Runtime
 
 # How many more container objects may be allocated than freed before the youngest generation is
@@ -31,10 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Settings are read from the environment only when none are given."""
     settings = settings or Settings()
     runtime = Runtime.build(settings)
+    gateway = Gateway.from_settings(settings)  # checks the gateway file before anything runs
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        if gateway is not None:
+            await gateway.start()
         # Everything alive now (modules, the app, pools, caches) lives as long as the process:
         # keep it out of the collector's full passes. Without this, under load each full
         # collection walked ~130,000 objects for tens of milliseconds, about once a second on
@@ -48,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()  # what this app pinned can be collected again once it is gone
-            await runtime.close()
+            try:
+                if gateway is not None:
+                    await gateway.close()
+            finally:
+                await runtime.close()
 
     app = FastAPI(
         title="meterapi",
@@ -68,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(billing.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard_router)
+    if gateway is not None:
+        gateway.mount(app)  # after the built-in routes, which it may not shadow
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

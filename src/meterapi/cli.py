@@ -19,6 +19,7 @@ from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.errors import DomainError
+from meterapi.gateway import Gateway, GatewayFileError
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.runtime import Runtime
@@ -78,6 +79,11 @@ def _start_emulator(args: argparse.Namespace, settings: Settings) -> EmulatorSer
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        Gateway.from_settings(settings)  # a bad gateway file stops the start with one line
+    except GatewayFileError as exc:
+        print(f"meterapi: configuration error: {exc}", file=sys.stderr)
+        return 2
     migrations.upgrade(settings.database_url)
     emulator = _start_emulator(args, settings) if settings.emulator_mode else None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     stripe_timeout_s: float = Field(default=10.0, gt=0)
     key_cache_size: int = Field(default=100_000, gt=0)
     key_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # Gateway mode (CONTRACT §6): meter and forward the routes of this file to an upstream.
+    gateway_file: Path | None = None
+    upstream_url: str | None = None
+    upstream_secret: SecretStr | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -42,6 +47,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("gateway_file", "upstream_url", "upstream_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("public_url", "stripe_api_base")
     @classmethod

@@ -122,3 +122,15 @@ class StripeRejected(DomainError):
     status_code = 502
     code = "stripe_error"
     message = "Stripe refused the request."
+
+
+class UpstreamUnavailable(DomainError):
+    status_code = 502
+    code = "upstream_unavailable"
+    message = "The upstream API could not be reached; the call was not billed."
+
+
+class UpstreamTimeout(DomainError):
+    status_code = 504
+    code = "upstream_timeout"
+    message = "The upstream API did not answer in time; the call was not billed."

@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "meterapi"
 
 # Higher ranks may import lower (or equal) ranks only.
-RANKS = {
+RANKS: dict[str, float] = {
     "config": 0,
     "metrics": 0,
     "errors": 0,
@@ -22,6 +22,7 @@ RANKS = {
     "runtime": 5,
     "api": 6,
     "dashboard": 6,
+    "gateway": 6.5,  # builds on the paid API (api), mounted by the app
     "app": 7,
     "cli": 8,
 }

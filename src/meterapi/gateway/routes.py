@@ -1,0 +1,183 @@
+"""The gateway's routes: each listed path is a Starlette ``Route`` whose ASGI app authenticates
+the caller like any paid route, forwards the request, bills the upstream's 2xx and streams the
+answer back.
+
+Billing follows CONTRACT §6: the units (the upstream's ``X-Meterapi-Units``, else the route's)
+are charged once the upstream's status and headers have arrived, and recorded before the first
+byte goes to the client; a client that hangs up mid-stream has already been billed, as it would
+be for any 2xx that was produced. 502 and 504 are answered before anything is charged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from starlette.responses import StreamingResponse
+from starlette.routing import BaseRoute, Route, compile_path
+from starlette.types import Receive, Scope, Send
+
+from meterapi.api.deps import API_KEY_SCHEME, require_api_key
+from meterapi.api.errors import ERROR_SCHEMA
+from meterapi.errors import UsageNotRecorded
+from meterapi.gateway.proxy import (
+    Upstream,
+    client_headers,
+    identity_headers,
+    units_of,
+    upstream_headers,
+)
+from meterapi.gateway.spec import GatewayFileError, GatewayRoute, GatewaySpec
+from meterapi.keys.service import Principal
+from meterapi.metering.ledger import LedgerUnavailable
+from meterapi.runtime import Runtime
+
+# Characters left as they are in a forwarded path and query: whatever the client escaped stays
+# escaped, anything else outside ASCII is escaped.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+class Forward:
+    """The ASGI app of one gateway route."""
+
+    def __init__(self, upstream: Upstream, route: GatewayRoute) -> None:
+        self.upstream = upstream
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        caller = await require_api_key(request)
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target = self.upstream.target(
+            quote(raw_path, safe=_PATH_SAFE).encode(),
+            quote(scope["query_string"], safe=_QUERY_SAFE).encode(),
+        )
+        headers = upstream_headers(scope["headers"]) + identity_headers(
+            customer=caller.stripe_customer_id,
+            key_id=caller.key_id,
+            method=method,
+            target=target,
+            secret=self.upstream.secret,
+        )
+        body = request.stream() if _has_body(scope["headers"]) else None
+        response = await self.upstream.open(
+            method=method, target=target, headers=headers, body=body
+        )
+        try:
+            headers_down, units_header = client_headers(response.headers.raw)
+            if 200 <= response.status_code < 300:
+                units = units_of(units_header, default=self.route.units, route=self.route.path)
+                await self._charge(request, caller, units)
+            answer = StreamingResponse(response.aiter_raw(), status_code=response.status_code)
+            answer.raw_headers = headers_down
+            await answer(scope, receive, send)
+        finally:
+            await response.aclose()
+
+    async def _charge(self, request: Request, caller: Principal, units: int) -> None:
+        """Make the units durable before the response starts; 503 if the ledger cannot."""
+        if not units:
+            return
+        runtime: Runtime = request.app.state.runtime
+        try:
+            await runtime.recorder.record(
+                customer_id=caller.customer_id,
+                api_key_id=caller.key_id,
+                route=self.route.path,
+                units=units,
+            )
+        except LedgerUnavailable as exc:
+            raise UsageNotRecorded() from exc
+        runtime.metrics.units_recorded.inc(units)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+def mount(app: FastAPI, spec: GatewaySpec, upstream: Upstream) -> None:
+    """Add the gateway's routes after the built-in ones, and list them in the OpenAPI document.
+
+    A gateway route that would shadow, or be shadowed by, a built-in route stops the start.
+    """
+    builtin = [r for r in app.router.routes if isinstance(r, Route)]
+    for route in spec.routes:
+        pattern = compile_path(route.path)[0].pattern
+        for existing in builtin:
+            overlap = set(route.methods) & (existing.methods or set())
+            if existing.path_regex.pattern == pattern and overlap:
+                raise GatewayFileError(
+                    f"gateway route {sorted(overlap)[0]} {route.path} collides with the "
+                    f"built-in route {existing.path}"
+                )
+    added: list[BaseRoute] = [
+        Route(route.path, Forward(upstream, route), methods=list(route.methods))
+        for route in spec.routes
+    ]
+    app.router.routes.extend(added)
+    _document(app, spec)
+
+
+def _document(app: FastAPI, spec: GatewaySpec) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            add_to_openapi(schema, spec)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def add_to_openapi(schema: dict[str, Any], spec: GatewaySpec) -> None:
+    """List each gateway route: its method, path parameters, cost and the API-key scheme."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).setdefault(
+        API_KEY_SCHEME, {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    )
+    paths = schema.setdefault("paths", {})
+    for route in spec.routes:
+        names = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}", route.path)
+        path = re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}", r"{\1}", route.path)
+        item = paths.setdefault(path, {})
+        cost = f"costs {route.units} unit{'s' if route.units != 1 else ''}"
+        for method in route.methods:
+            item[method.lower()] = {
+                "tags": ["gateway"],
+                "summary": f"Forwarded to the upstream ({cost})",
+                "description": f"forwarded; {cost} per 2xx answer, or what the upstream's "
+                "X-Meterapi-Units header says",
+                "operationId": f"gateway_{method.lower()}_{re.sub(r'[^A-Za-z0-9]+', '_', path)}",
+                "security": [{API_KEY_SCHEME: []}],
+                "x-meterapi-units": route.units,
+                "parameters": [
+                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for n in names
+                ],
+                "responses": {
+                    "200": {"description": "The upstream's answer, streamed as it arrives"},
+                    **{str(status): _error(text) for status, text in _REFUSALS.items()},
+                },
+            }
+
+
+_REFUSALS = {
+    401: "Missing or invalid API key",
+    402: "The subscription does not allow access",
+    502: "The upstream could not be reached; not billed",
+    503: "The call could not be recorded, so it was not served",
+    504: "The upstream did not answer in time; not billed",
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
