@@ -11,12 +11,13 @@ be for any 2xx that was produced. 502 and 504 are answered before anything is ch
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from starlette.responses import StreamingResponse
-from starlette.routing import BaseRoute, Route, compile_path
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from meterapi.api.deps import API_KEY_SCHEME, require_api_key
@@ -29,7 +30,7 @@ from meterapi.gateway.proxy import (
     units_of,
     upstream_headers,
 )
-from meterapi.gateway.spec import GatewayFileError, GatewayRoute, GatewaySpec
+from meterapi.gateway.spec import PARAMETER, GatewayFileError, GatewayRoute, GatewaySpec
 from meterapi.keys.service import Principal
 from meterapi.metering.ledger import LedgerUnavailable
 from meterapi.runtime import Runtime
@@ -105,24 +106,35 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
 def mount(app: FastAPI, spec: GatewaySpec, upstream: Upstream) -> None:
     """Add the gateway's routes after the built-in ones, and list them in the OpenAPI document.
 
-    A gateway route that would shadow, or be shadowed by, a built-in route stops the start.
+    A gateway route whose requests a built-in route would take stops the start.
     """
-    builtin = [r for r in app.router.routes if isinstance(r, Route)]
     for route in spec.routes:
-        pattern = compile_path(route.path)[0].pattern
-        for existing in builtin:
-            overlap = set(route.methods) & (existing.methods or set())
-            if existing.path_regex.pattern == pattern and overlap:
+        for method in route.methods:
+            scope: Scope = {"type": "http", "method": method, "path": _sample(route.path)}
+            scope.update(root_path="", headers=[], query_string=b"")
+            taken = next((r for r in app.router.routes if r.matches(scope)[0] == Match.FULL), None)
+            if taken is not None:
                 raise GatewayFileError(
-                    f"gateway route {sorted(overlap)[0]} {route.path} collides with the "
-                    f"built-in route {existing.path}"
+                    f"gateway route {method} {route.path} collides with a built-in route "
+                    f"({getattr(taken, 'path', '') or scope['path']})"
                 )
-    added: list[BaseRoute] = [
-        Route(route.path, Forward(upstream, route), methods=list(route.methods))
-        for route in spec.routes
-    ]
-    app.router.routes.extend(added)
+    for route in spec.routes:
+        # Starlette's Route takes an ASGI app as its endpoint too, and calls it as one.
+        app.router.add_route(
+            route.path,
+            Forward(upstream, route),  # type: ignore[arg-type]
+            methods=list(route.methods),
+            include_in_schema=False,  # documented by add_to_openapi
+        )
     _document(app, spec)
+
+
+_SAMPLES = {"str": "x", "path": "x/y", "int": "1", "float": "1.5", "uuid": str(uuid.UUID(int=1))}
+
+
+def _sample(path: str) -> str:
+    """A concrete path the template matches, to ask the app's router who would take it."""
+    return PARAMETER.sub(lambda m: _SAMPLES.get(m.group(2) or "str", "x"), path)
 
 
 def _document(app: FastAPI, spec: GatewaySpec) -> None:
@@ -146,8 +158,8 @@ def add_to_openapi(schema: dict[str, Any], spec: GatewaySpec) -> None:
     )
     paths = schema.setdefault("paths", {})
     for route in spec.routes:
-        names = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}", route.path)
-        path = re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?\}", r"{\1}", route.path)
+        names = [m.group(1) for m in PARAMETER.finditer(route.path)]
+        path = PARAMETER.sub(r"{\1}", route.path)
         item = paths.setdefault(path, {})
         cost = f"costs {route.units} unit{'s' if route.units != 1 else ''}"
         for method in route.methods:

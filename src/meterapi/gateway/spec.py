@@ -36,6 +36,8 @@ _ROUTE_KEYS = frozenset({"path", "methods", "units"})
 # A path template: segments of URL-safe characters and {name} or {name:convertor} parameters.
 _PATH = re.compile(r"^(/([A-Za-z0-9._~!$&'()*+,;=:@%-]|\{[A-Za-z_][A-Za-z0-9_]*(:[a-z]+)?\})*)+$")
 
+PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
+
 
 class GatewayFileError(ConfigError):
     """The gateway file cannot be served as written; the message says where and why."""
@@ -92,8 +94,7 @@ def parse(text: str, *, source: str, upstream_override: str | None = None) -> Ga
         where = f"{source}:{lines[index]}" if index < len(lines) else f"{source}"
         where += f" (route #{index + 1})"
         route = _route(table, where=where)
-        # Two templates that differ only in parameter names match the same requests.
-        pattern = compile_path(route.path)[0].pattern
+        pattern = shape(route.path)
         for method in route.methods:
             if (pattern, method) in seen:
                 raise GatewayFileError(
@@ -102,6 +103,11 @@ def parse(text: str, *, source: str, upstream_override: str | None = None) -> Ga
             seen[pattern, method] = f"{method} {route.path}"
         routes.append(route)
     return GatewaySpec(upstream=upstream, timeout_s=float(timeout_s), routes=tuple(routes))
+
+
+def shape(path: str) -> str:
+    """A template without its parameter names: two templates of one shape match alike."""
+    return PARAMETER.sub(lambda m: "{:" + (m.group(2) or "str") + "}", path)
 
 
 def _upstream(value: object, *, source: str) -> str | None:
