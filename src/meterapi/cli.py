@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterapi import migrations
+from meterapi.app import create_app
 from meterapi.billing import webhooks
 from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
@@ -78,6 +79,15 @@ def _start_emulator(args: argparse.Namespace, settings: Settings) -> EmulatorSer
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # As uvicorn's own command does: the working directory's packages are importable (for
+    # METERAPI_ROUTERS), here and in the worker processes, which inherit the import path.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        create_app(settings)  # the plug-in routers load and fit, or the start stops here
+    except ConfigError as exc:
+        print(f"meterapi: configuration error: {exc}", file=sys.stderr)
+        return 2
     migrations.upgrade(settings.database_url)
     emulator = _start_emulator(args, settings) if settings.emulator_mode else None
     try:

@@ -35,10 +35,13 @@ class Settings(BaseSettings):
     stripe_timeout_s: float = Field(default=10.0, gt=0)
     key_cache_size: int = Field(default=100_000, gt=0)
     key_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # Plug-in routers, as "package.module:attribute" import strings (CONTRACT §6).
+    routers: Annotated[list[str], NoDecode] = []
+    example_routes: bool = True  # serve the example paid resource GET /v1/data
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "routers", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
