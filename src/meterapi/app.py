@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from meterapi import __version__
 from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
+from meterapi.api.paid import UsageRecording
+from meterapi.api.plugins import include_routers, load_routers
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
 from meterapi.dashboard import router as dashboard_router
@@ -28,9 +30,14 @@ from meterapi.runtime import Runtime
 YOUNG_GC_THRESHOLD = 10_000
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. Settings are read from the environment only when none are given."""
+def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """Build the service. Settings are read from the environment only when none are given.
+
+    ``routers`` are served after meterapi's own routes, with those of ``settings.routers``
+    (``METERAPI_ROUTERS``); a route that collides with one already served raises ``RouterError``.
+    """
     settings = settings or Settings()
+    plugins = load_routers(settings.routers)  # before any work: a bad name stops the start
     runtime = Runtime.build(settings)
     gateway = Gateway.from_settings(settings)  # checks the gateway file before anything runs
 
@@ -68,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
-    app.include_router(data.router)  # the paid route first: matched on every paid request
+    if settings.example_routes:
+        app.include_router(data.router)  # the paid route first: matched on every paid request
     # The claim route before the keys router: /v1/keys/claim is not a key id.
     app.include_router(claim.router)
     app.include_router(keys.router)
@@ -76,8 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(billing.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard_router)
+    given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
+    include_routers(app, [*given, *plugins])
     if gateway is not None:
         gateway.mount(app)  # after the built-in routes, which it may not shadow
+    # Innermost: it sees the response the route produced, and the layers above see its 503.
+    app.add_middleware(
+        UsageRecording, recorder=runtime.recorder, recorded=runtime.metrics.units_recorded
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,12 +14,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from meterapi import migrations
+from meterapi.app import create_app
 from meterapi.billing import webhooks
 from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.errors import DomainError
-from meterapi.gateway import Gateway, GatewayFileError
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.runtime import Runtime
@@ -79,9 +79,13 @@ def _start_emulator(args: argparse.Namespace, settings: Settings) -> EmulatorSer
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # As uvicorn's own command does: the working directory's packages are importable (for
+    # METERAPI_ROUTERS), here and in the worker processes, which inherit the import path.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        Gateway.from_settings(settings)  # a bad gateway file stops the start with one line
-    except GatewayFileError as exc:
+        create_app(settings)  # the plug-in routers load and fit, or the start stops here
+    except ConfigError as exc:
         print(f"meterapi: configuration error: {exc}", file=sys.stderr)
         return 2
     migrations.upgrade(settings.database_url)

@@ -40,10 +40,13 @@ class Settings(BaseSettings):
     gateway_file: Path | None = None
     upstream_url: str | None = None
     upstream_secret: SecretStr | None = None
+    # Plug-in routers, as "package.module:attribute" import strings (CONTRACT §6).
+    routers: Annotated[list[str], NoDecode] = []
+    example_routes: bool = True  # serve the example paid resource GET /v1/data
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "routers", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value

@@ -94,7 +94,6 @@ async def require_api_key(request: Request, *, require_access: bool = True) -> P
         runtime.metrics.auth_outcomes.inc(code=exc.code)
         raise
     runtime.metrics.auth_outcomes.inc(code="ok")
-    request.state.principal = principal  # for metered routes (api.metering)
     return principal
 
 

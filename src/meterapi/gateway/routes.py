@@ -2,10 +2,11 @@
 the caller like any paid route, forwards the request, bills the upstream's 2xx and streams the
 answer back.
 
-Billing follows CONTRACT §6: the units (the upstream's ``X-Meterapi-Units``, else the route's)
-are charged once the upstream's status and headers have arrived, and recorded before the first
-byte goes to the client; a client that hangs up mid-stream has already been billed, as it would
-be for any 2xx that was produced. 502 and 504 are answered before anything is charged.
+Billing goes through the paid mechanism every paid route uses (``api.paid``): the units (the
+upstream's ``X-Meterapi-Units``, else the route's) are charged once the upstream's 2xx status and
+headers have arrived, and the recording layer makes them durable as the response starts, before
+its first byte goes to the client. A client that hangs up mid-stream has already been billed, as
+for any 2xx that was produced; 502 and 504 are answered before anything is charged.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from meterapi.api.deps import API_KEY_SCHEME, require_api_key
+from meterapi.api.deps import API_KEY_SCHEME
 from meterapi.api.errors import ERROR_SCHEMA
-from meterapi.errors import UsageNotRecorded
+from meterapi.api.paid import authenticate_paid, usage_of
 from meterapi.gateway.proxy import (
     Upstream,
     client_headers,
@@ -31,9 +32,6 @@ from meterapi.gateway.proxy import (
     upstream_headers,
 )
 from meterapi.gateway.spec import PARAMETER, GatewayFileError, GatewayRoute, GatewaySpec
-from meterapi.keys.service import Principal
-from meterapi.metering.ledger import LedgerUnavailable
-from meterapi.runtime import Runtime
 
 # Characters left as they are in a forwarded path and query: whatever the client escaped stays
 # escaped, anything else outside ASCII is escaped.
@@ -50,7 +48,7 @@ class Forward:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
-        caller = await require_api_key(request)
+        caller = await authenticate_paid(request)  # refusals are DomainErrors, answered as such
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         target = self.upstream.target(
@@ -58,7 +56,7 @@ class Forward:
             quote(scope["query_string"], safe=_QUERY_SAFE).encode(),
         )
         headers = upstream_headers(scope["headers"]) + identity_headers(
-            customer=caller.stripe_customer_id,
+            customer=caller.customer_id,
             key_id=caller.key_id,
             method=method,
             target=target,
@@ -71,29 +69,16 @@ class Forward:
         try:
             headers_down, units_header = client_headers(response.headers.raw)
             if 200 <= response.status_code < 300:
-                units = units_of(units_header, default=self.route.units, route=self.route.path)
-                await self._charge(request, caller, units)
+                meter = usage_of(request)
+                meter.route = self.route.path
+                meter.charge(units_of(units_header, default=self.route.units, route=meter.route))
+            # The recording layer makes the units durable as this response starts, before its
+            # first byte; if it cannot, the client gets 503 and sending raises, which ends this.
             answer = StreamingResponse(response.aiter_raw(), status_code=response.status_code)
             answer.raw_headers = headers_down
             await answer(scope, receive, send)
         finally:
             await response.aclose()
-
-    async def _charge(self, request: Request, caller: Principal, units: int) -> None:
-        """Make the units durable before the response starts; 503 if the ledger cannot."""
-        if not units:
-            return
-        runtime: Runtime = request.app.state.runtime
-        try:
-            await runtime.recorder.record(
-                customer_id=caller.customer_id,
-                api_key_id=caller.key_id,
-                route=self.route.path,
-                units=units,
-            )
-        except LedgerUnavailable as exc:
-            raise UsageNotRecorded() from exc
-        runtime.metrics.units_recorded.inc(units)
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -30,6 +30,7 @@ class KeyEntry:
     customer_id: int
     expires_at: datetime | None
     valid_until: float  # on the cache's monotonic clock
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ class Principal:
     key_id: str
     customer_id: int
     stripe_customer_id: str
+    key_name: str | None = None
 
 
 def is_usable(key: ApiKey, now: datetime) -> bool:
@@ -267,6 +268,7 @@ def _admit(
         key_id=entry.key_id,
         customer_id=entry.customer_id,
         stripe_customer_id=customer.stripe_customer_id,
+        key_name=entry.name,
     )
 
 
@@ -287,6 +289,7 @@ async def _load(session: AsyncSession, digest: str, *, cache: KeyCache, now: dat
         customer_id=key.customer_id,
         expires_at=key.expires_at,
         valid_until=cache.lifetime(now, key.expires_at),
+        name=key.name,
     )
     cache.put_key(digest, entry, generation=generation)
     cache.put_customer(_customer_entry(customer, cache), generation=generation)
