@@ -15,7 +15,7 @@ import pytest
 import stripe
 
 from meterapi.app import create_app
-from meterapi.stripe_emulator import EmulatorServer
+from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration.billing_support import AppServer
 from tests.integration.gateway_support import (
@@ -24,8 +24,13 @@ from tests.integration.gateway_support import (
     gateway_file,
     paying_customer,
 )
-from tests.integration.servers import free_port
-from tests.integration.test_process_faults import ledger_total
+from tests.integration.servers import ServiceProcess, free_port
+from tests.integration.test_process_faults import (
+    flush_all,
+    ledger_total,
+    service_env,
+    stripe_total,
+)
 
 SECRET = "upstream-signing-secret-for-tests"
 MAX_BODY = 64 * 1024
@@ -268,3 +273,60 @@ async def test_openapi_lists_the_gateway_routes(client: httpx.AsyncClient) -> No
     assert document["paths"]["/sse"]["get"]["description"].startswith("forwarded; costs 1 unit")
     assert document["paths"]["/big"]["get"]["description"].startswith("forwarded; costs 0 units")
     assert "ApiKey" in document["components"]["securitySchemes"]
+
+
+async def test_stripe_total_is_the_units_of_the_upstreams_2xx(
+    db_url: str,
+    tmp_path: Path,
+    stripe_emulator: EmulatorServer,
+    stripe_price: str,
+    stripe_sdk: stripe.StripeClient,
+    emulator_control: EmulatorControl,
+    upstream: UpstreamProcess,
+) -> None:
+    """Through a real service process, with Stripe failing some meter events on the way."""
+    payer = await paying_customer(db_url, stripe_sdk)
+    env = service_env(db_url, stripe_emulator, stripe_price)
+    env["METERAPI_GATEWAY_FILE"] = str(gateway_file(tmp_path, timeout_s=1.0))
+    env["METERAPI_UPSTREAM_URL"] = upstream.url
+    meter_events = "/v1/billing/meter_events"
+    await emulator_control.inject_fault("error", path=meter_events, status=500, count=3)
+    await emulator_control.inject_fault("rate_limit", path=meter_events, count=2)
+    service = ServiceProcess(env, log_path=tmp_path / "service.log")
+    await asyncio.to_thread(service.start)
+    # (path, query, the units a 2xx of it costs)
+    calls = [
+        ("/echo/plain", {}, 2),
+        ("/echo/units", {"units": "11"}, 11),
+        ("/echo/garbled", {"units": "eleven"}, 2),
+        ("/echo/free", {"units": "0"}, 0),
+        ("/echo/created", {"status": "201", "units": "3"}, 3),
+        ("/echo/refused", {"status": "404", "units": "5"}, 0),
+        ("/echo/broken", {"status": "503", "units": "5"}, 0),
+        ("/slow", {"s": "3"}, 0),  # 504
+        ("/big", {"mb": "1"}, 0),  # a route of 0 units
+    ]
+    expected = 0
+    try:
+        headers = {"X-API-Key": payer.key}
+        async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=30) as client:
+
+            async def call(path: str, query: dict[str, str], units: int) -> int:
+                response = await client.get(path, params=query)
+                return units if 200 <= response.status_code < 300 else 0
+
+            for _ in range(3):
+                charged = await asyncio.gather(*(call(*c) for c in calls for _ in range(4)))
+                expected += sum(charged)
+            async with asyncio.timeout(60), client.stream("GET", "/sse") as response:
+                lines = response.aiter_lines()
+                assert await anext(lines) == "event: tick"
+                await client.post(f"{upstream.url}/_release")
+                assert [line async for line in lines if line][-1] == "data: 3"
+                expected += 5
+    finally:
+        assert await asyncio.to_thread(service.terminate)  # flushes what is pending
+    assert expected == 3 * 4 * (2 + 11 + 2 + 3) + 5
+    assert await ledger_total(db_url) == expected
+    await flush_all(db_url, stripe_emulator, stripe_price)
+    assert await stripe_total(emulator_control, payer.customer) == expected
