@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -43,28 +44,36 @@ units = 0
 
 
 class UpstreamProcess:
-    """``tests/integration/gateway_upstream.py`` under uvicorn, in a process of its own."""
+    """An upstream API in a process of its own: by default ``gateway_upstream.py`` under
+    uvicorn; ``command`` runs another (``{port}`` in it is replaced by a free port)."""
 
-    def __init__(self, log_path: Path, *, app: str = "tests.integration.gateway_upstream:app"):
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = app
+        self.command = command or [
+            sys.executable, "-m", "uvicorn", "tests.integration.gateway_upstream:app",
+            "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> UpstreamProcess:
-        command = [
-            sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1",
-            "--port", str(self.port), "--log-level", "warning",
-        ]  # fmt: skip
+        command = [part.replace("{port}", str(self.port)) for part in self.command]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"upstream exited: {self.log_path.read_text()[-2000:]}")
             try:
-                httpx.get(f"{self.url}/hello", timeout=0.5)
+                httpx.get(f"{self.url}/", timeout=0.5)  # any answer: it is listening
                 return self
             except httpx.HTTPError:
                 time.sleep(0.1)
