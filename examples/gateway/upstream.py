@@ -21,7 +21,7 @@ import json
 import os
 import random
 import time
-from http.client import HTTPMessage
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,7 +29,7 @@ SECRET = os.environ.get("UPSTREAM_SECRET", "")
 MAX_SKEW_S = 300
 
 
-def signed_by_the_gateway(headers: HTTPMessage, method: str, target: str) -> bool:
+def signed_by_the_gateway(headers: Message, method: str, target: str) -> bool:
     """``t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<METHOD>.<target>.<customer>">``, recent."""
     signature = headers.get("X-Meterapi-Signature", "")
     fields = dict(part.split("=", 1) for part in signature.split(",") if "=" in part)
