@@ -192,6 +192,18 @@ async def test_a_client_that_leaves_mid_stream_is_still_billed(
     assert (await client.get("/echo/after")).status_code == 200  # and the gateway goes on
 
 
+async def test_an_upstream_that_stalls_mid_stream_cuts_the_answer_short(
+    client: httpx.AsyncClient, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Never released: after the first event the upstream says nothing for longer than timeout_s.
+    with pytest.raises(httpx.RemoteProtocolError):  # an incomplete body, never a complete one
+        async with asyncio.timeout(60), client.stream("GET", "/sse") as response:
+            assert response.status_code == 200
+            [line async for line in response.aiter_lines()]
+    assert any("mid-body" in r.getMessage() for r in caplog.records)
+    assert await ledger_total(db_url) == 5  # the 2xx went out: billed
+
+
 async def test_refusals_reach_no_upstream_and_cost_nothing(
     client: httpx.AsyncClient, upstream: UpstreamProcess, db_url: str
 ) -> None:

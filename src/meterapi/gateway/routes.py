@@ -11,11 +11,14 @@ for any 2xx that was produced; 502 and 504 are answered before anything is charg
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 from fastapi import FastAPI, Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Match
@@ -32,6 +35,8 @@ from meterapi.gateway.proxy import (
     upstream_headers,
 )
 from meterapi.gateway.spec import PARAMETER, GatewayFileError, GatewayRoute, GatewaySpec
+
+log = logging.getLogger(__name__)
 
 # Characters left as they are in a forwarded path and query: whatever the client escaped stays
 # escaped, anything else outside ASCII is escaped.
@@ -74,11 +79,27 @@ class Forward:
                 meter.charge(units_of(units_header, default=self.route.units, route=meter.route))
             # The recording layer makes the units durable as this response starts, before its
             # first byte; if it cannot, the client gets 503 and sending raises, which ends this.
-            answer = StreamingResponse(response.aiter_raw(), status_code=response.status_code)
+            answer = StreamingResponse(_body(response), status_code=response.status_code)
             answer.raw_headers = headers_down
             await answer(scope, receive, send)
         finally:
             await response.aclose()
+
+
+async def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream's body as it arrives, still encoded as the upstream sent it."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        # Too late for a status: the client's connection is cut, so it sees an incomplete body.
+        log.warning(
+            "upstream broke off %s %s mid-body (%s); the answer to the client is cut short",
+            response.request.method,
+            response.request.url.path,
+            type(exc).__name__,
+        )
+        raise
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
