@@ -37,7 +37,7 @@ class ApiKeyInQuery(DomainError):
 class AmbiguousApiKey(DomainError):
     status_code = 400
     code = "ambiguous_api_key"
-    message = "X-API-Key and Authorization: Bearer carry different keys; send one."
+    message = "The request carries two different API keys; send one."
 
 
 class SubscriptionInactive(DomainError):

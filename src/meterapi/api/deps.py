@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -104,19 +104,37 @@ async def _authenticate(request: Request, runtime: Runtime, *, require_access: b
         name.lower() in _QUERY_NAMES for name in request.query_params
     ):
         raise ApiKeyInQuery()
-    header_key = request.headers.get("x-api-key")
-    bearer_key = None
-    authorization = request.headers.get("authorization")
-    if authorization:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            bearer_key = credentials.strip()
-    if header_key and bearer_key and header_key != bearer_key:
-        raise AmbiguousApiKey()
-    presented = header_key or bearer_key
-    if not presented:
+    presented = presented_key(request.scope["headers"])
+    if presented is None:
         raise MissingApiKey()
     return await runtime.keys.authenticate(presented, require_access=require_access)
+
+
+def presented_key(raw_headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The one key a request carries in ``X-API-Key`` or ``Authorization: Bearer``, or None.
+
+    Every occurrence of both headers is read, not just the first: two different keys in one
+    request (the two headers disagreeing, or either repeated) are refused with
+    ``AmbiguousApiKey`` rather than letting whichever comes first win. Empty values count as
+    absent; the same key sent twice is not ambiguous.
+    """
+    found: str | None = None
+    for name, value in raw_headers:
+        if name == b"x-api-key":
+            key = value.decode("latin-1").strip()
+        elif name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+            key = credentials.strip()
+        else:
+            continue
+        if not key:
+            continue
+        if found is not None and key != found:
+            raise AmbiguousApiKey()
+        found = key
+    return found
 
 
 # One instance each, so FastAPI resolves each once per request.
