@@ -183,3 +183,25 @@ async def test_a_malformed_key_id_is_refused_before_the_database(
             response = await client.delete(path, headers=headers(key))
         assert response.status_code == 422, path
         assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_responses_that_can_reveal_a_key_are_not_stored(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    created = await client.post("/v1/keys", headers=headers(key))
+    rotated = await client.post(
+        f"/v1/keys/{created.json()['key']['id']}/rotate", headers=headers(key)
+    )
+    assert (created.status_code, rotated.status_code) == (201, 201)
+    refused = [
+        await client.post("/v1/keys", headers=headers(key), json={"expires_at": "2001-01-01"}),
+        await client.post("/v1/keys"),
+        await client.post("/v1/keys/key_nope/rotate", headers=headers(key)),
+        await client.post("/v1/keys/claim", json={"checkout_session_id": "not a session id"}),
+    ]
+    assert [r.status_code for r in refused] == [422, 401, 404, 422]
+    for response in [created, rotated, *refused]:
+        assert response.headers["cache-control"] == "no-store"
+    # Only those: a listing reveals no key.
+    assert "cache-control" not in (await client.get("/v1/keys", headers=headers(key))).headers
