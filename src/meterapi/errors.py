@@ -40,6 +40,15 @@ class AmbiguousApiKey(DomainError):
     message = "The request carries two different API keys; send one."
 
 
+class KeyRotated(DomainError):
+    status_code = 403
+    code = "key_rotated"
+    message = (
+        "This key was rotated: until its grace period ends it may call the API and read, "
+        "nothing else. Use its replacement."
+    )
+
+
 class SubscriptionInactive(DomainError):
     status_code = 402
     code = "subscription_inactive"
