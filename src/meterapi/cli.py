@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ from meterapi.stripe_emulator import EmulatorServer
 from meterapi.stripe_emulator import main as emulator_main
 
 log = logging.getLogger("meterapi")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 Command = Callable[[argparse.Namespace, Any], int]
 
@@ -109,8 +111,28 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         workers=args.workers,
         proxy_headers=True,
         log_level="info",
+        # Our own access log (meterapi.access) replaces uvicorn's, which writes URLs as
+        # received, keys and Checkout Session ids in query strings included.
+        access_log=False,
+        log_config=_log_config(),
         timeout_graceful_shutdown=20,
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, plus our ``meterapi`` loggers (the access log among them) on
+    stderr: applied in every worker process, which inherits no handlers from this one."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["meterapi"] = {"format": LOG_FORMAT}
+    config["handlers"]["meterapi"] = {
+        "formatter": "meterapi",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["meterapi"] = {"handlers": ["meterapi"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -294,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = build_parser().parse_args(argv)
     if not getattr(args, "needs_settings", True):
         handler: Command = args.handler

@@ -37,7 +37,16 @@ class ApiKeyInQuery(DomainError):
 class AmbiguousApiKey(DomainError):
     status_code = 400
     code = "ambiguous_api_key"
-    message = "X-API-Key and Authorization: Bearer carry different keys; send one."
+    message = "The request carries two different API keys; send one."
+
+
+class KeyRotated(DomainError):
+    status_code = 403
+    code = "key_rotated"
+    message = (
+        "This key was rotated: until its grace period ends it may call the API and read, "
+        "nothing else. Use its replacement."
+    )
 
 
 class SubscriptionInactive(DomainError):

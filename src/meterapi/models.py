@@ -131,6 +131,9 @@ class ApiKey(SQLModel, table=True):
     last_used_at: datetime | None = _at(nullable=True)
     expires_at: datetime | None = _at(nullable=True)
     revoked_at: datetime | None = _at(nullable=True)
+    # Set when a successor was issued: until expires_at the key is in its rotation grace and may
+    # call the paid API and read, nothing else (CONTRACT §3, key_rotated).
+    rotated_at: datetime | None = _at(nullable=True)
 
 
 class CacheRevision(SQLModel, table=True):
@@ -144,6 +147,21 @@ class CacheRevision(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     revision: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
+
+
+class ProcessHeartbeat(SQLModel, table=True):
+    """One row per running service process: the ``cache_revision`` its key cache has applied,
+    and when it last said so. A revocation waits until every live process has applied it
+    (``keys.invalidation``); a cleanly stopped process deletes its row."""
+
+    __tablename__ = "process_heartbeat"
+
+    id: str = Field(primary_key=True, max_length=40)
+    hostname: str = Field(max_length=255)
+    pid: int
+    revision: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
+    started_at: datetime = _at(default_now=True)
+    seen_at: datetime = _at(default_now=True)
 
 
 class UsageEvent(SQLModel, table=True):

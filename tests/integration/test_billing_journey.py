@@ -223,3 +223,18 @@ async def test_open_unknown_and_foreign_sessions_cannot_be_claimed(stack: Stack)
     assert (await stack.web.post(foreign.url, data={"email": "x@example.com"})).status_code == 303
     refused = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": foreign.id})
     assert refused.status_code == 404
+
+
+async def test_a_claimed_key_is_not_stored_by_any_cache(stack: Stack) -> None:
+    created = await stack.api.post("/v1/checkout", json={"email": "nostore@example.com"})
+    session_id, url = created.json()["id"], created.json()["url"]
+    assert (await stack.web.post(url, data={"email": "nostore@example.com"})).status_code == 303
+    claim = {"checkout_session_id": session_id}
+    if "claim_token" in created.json():
+        claim["claim_token"] = created.json()["claim_token"]
+    claimed = await stack.api.post("/v1/keys/claim", json=claim)
+    again = await stack.api.post("/v1/keys/claim", json=claim)
+    unknown = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": "cs_test_nope"})
+    assert [r.status_code for r in (claimed, again, unknown)] == [201, 409, 404]
+    for response in (claimed, again, unknown):
+        assert response.headers["cache-control"] == "no-store"

@@ -77,7 +77,7 @@ async def create_checkout(
     summary="Open the Stripe customer portal for the caller's own customer",
     responses={
         401: {"description": "Missing or invalid API key"},
-        402: {"description": "The subscription does not allow access"},
+        403: {"description": "The key is in its rotation grace period (key_rotated)"},
         **_STRIPE_ERRORS,
     },
 )

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from meterapi.api.deps import CustomerDep, RuntimeDep, SessionDep
+from meterapi.api.deps import CustomerReadDep, RuntimeDep, SessionDep
 from meterapi.errors import NotFound
 from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, utcnow
@@ -50,7 +50,7 @@ class UsageOut(BaseModel):
     summary="Your usage this billing period (from the ledger) and your upcoming invoice",
     responses={401: {"description": "Missing or invalid API key"}},
 )
-async def get_usage(caller: CustomerDep, session: SessionDep, runtime: RuntimeDep) -> UsageOut:
+async def get_usage(caller: CustomerReadDep, session: SessionDep, runtime: RuntimeDep) -> UsageOut:
     customer = await session.get(Customer, caller.customer_id)
     if customer is None:
         raise NotFound()

@@ -24,6 +24,9 @@ export const MESSAGES = {
   already_claimed:
     "The key for this purchase was already shown once and cannot be shown again. " +
     "Sign in with it, or, if you lost it, sign in with another of your keys and create a new one.",
+  key_rotated:
+    "You are signed in with a key that was rotated: until it expires it can call the API " +
+    "and show your keys and usage, but not change them. Sign in with its replacement.",
   last_active_key:
     "You cannot revoke your only active key. Create another key first, " +
     "or rotate this one with \"immediately\" to replace it.",
