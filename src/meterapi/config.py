@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -35,12 +36,25 @@ class Settings(BaseSettings):
     stripe_timeout_s: float = Field(default=10.0, gt=0)
     key_cache_size: int = Field(default=100_000, gt=0)
     key_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # Per client address, on the unauthenticated routes that cost a Stripe call.
+    public_rate_limit: str = "20/minute"
+    # Addresses whose X-Forwarded-For/-Proto are believed; empty: nobody's.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("public_rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 20/minute or 100/second") from None
         return value
 
     @field_validator("public_url", "stripe_api_base")
