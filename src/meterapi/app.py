@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
 from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
@@ -71,6 +72,9 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         summary="A usage-billed API, metered into Stripe Billing Meters.",
         lifespan=lifespan,
         docs_url=None,  # /docs is served by the dashboard room, with Swagger UI from this host
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header, which
+        # anyone can set: no redirects to elsewhere (the dashboard serves both spellings).
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
@@ -101,4 +105,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTiming, histogram=runtime.metrics.request_latency)
+    if settings.trusted_proxies:
+        # Outermost: every layer (limits, logs) sees the client the trusted proxy names.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -109,7 +109,9 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
+        # X-Forwarded-* are believed by the app, from METERAPI_TRUSTED_PROXIES only; uvicorn's
+        # own handling would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS) whatever the setting.
+        proxy_headers=False,
         log_level="info",
         # Our own access log (meterapi.access) replaces uvicorn's, which writes URLs as
         # received, keys and Checkout Session ids in query strings included.
@@ -187,7 +189,8 @@ def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await gateway.close()
             await engine.dispose()
-        failed = sum(r.outcome is webhooks.Outcome.FAILED for r in receipts)
+        failing = (webhooks.Outcome.FAILED, webhooks.Outcome.FAILED_PERMANENTLY)
+        failed = sum(r.outcome in failing for r in receipts)
         return f"replayed {len(receipts)} stored event(s); {failed} still failing"
 
     return _run_printing(replay)

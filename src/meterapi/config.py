@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -43,8 +44,12 @@ class Settings(BaseSettings):
     # Plug-in routers, as "package.module:attribute" import strings (CONTRACT §6).
     routers: Annotated[list[str], NoDecode] = []
     example_routes: bool = True  # serve the example paid resource GET /v1/data
+    # Per client address, on the unauthenticated routes that cost a Stripe call.
+    public_rate_limit: str = "20/minute"
+    # Addresses whose X-Forwarded-For/-Proto are believed; empty: nobody's.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
 
-    @field_validator("cors_origins", "routers", mode="before")
+    @field_validator("cors_origins", "routers", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -55,6 +60,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("public_rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 20/minute or 100/second") from None
+        return value
 
     @field_validator("public_url", "stripe_api_base")
     @classmethod

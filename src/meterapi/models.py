@@ -243,5 +243,8 @@ class StripeEvent(SQLModel, table=True):
     payload: str
     received_at: datetime = _at(default_now=True)
     processed_at: datetime | None = _at(nullable=True)
+    # Set when Stripe's answer made handling fail for good (e.g. 404): stored, answered 2xx,
+    # not re-delivered; unprocessed with last_error, so `meterapi webhooks replay` still can.
+    failed_at: datetime | None = _at(nullable=True)
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=1000)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.billing.gateway import StripeGateway
+from meterapi.billing.public_limit import PublicRateLimit
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
@@ -31,6 +32,7 @@ class Runtime:
     recorder: UsageRecorder
     reporter: Reporter
     invoices: InvoicePreviews
+    public_limit: PublicRateLimit
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -61,6 +63,7 @@ class Runtime:
             recorder=UsageRecorder(make_sessionmaker(ledger_engine), on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
+            public_limit=PublicRateLimit(settings.public_rate_limit),
         )
 
     async def start(self) -> None:

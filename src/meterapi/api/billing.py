@@ -7,7 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterapi.api.deps import CustomerDep, GatewayDep, SessionDep, SettingsDep
+from meterapi.api.deps import (
+    CustomerDep,
+    GatewayDep,
+    PublicRateLimitDep,
+    SessionDep,
+    SettingsDep,
+)
 from meterapi.billing import checkout
 from meterapi.errors import NotFound
 from meterapi.models import Customer
@@ -53,7 +59,8 @@ _STRIPE_ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=201,
     response_model=CheckoutOut,
     summary="Start a subscription: a Stripe Checkout Session for the metered price",
-    responses=_STRIPE_ERRORS,
+    responses={429: {"description": "Too many from this address (rate_limited)"}, **_STRIPE_ERRORS},
+    dependencies=[PublicRateLimitDep],
 )
 async def create_checkout(
     gateway: GatewayDep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterapi.api.deps import GatewayDep, RuntimeDep, SessionDep
+from meterapi.api.deps import GatewayDep, PublicRateLimitDep, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyCreated
 from meterapi.billing.claim import claim_first_key
 
@@ -33,8 +33,10 @@ class KeyClaim(BaseModel):
         402: {"description": "The Checkout Session is open or expired (checkout_incomplete)"},
         404: {"description": "No such Checkout Session for this service"},
         409: {"description": "This session's key was already claimed (already_claimed)"},
+        429: {"description": "Too many claims from this address (rate_limited)"},
         503: {"description": "Stripe could not be reached to check the session"},
     },
+    dependencies=[PublicRateLimitDep],
 )
 async def claim_key(
     body: KeyClaim, session: SessionDep, gateway: GatewayDep, runtime: RuntimeDep

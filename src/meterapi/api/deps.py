@@ -57,6 +57,15 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+async def limit_public_caller(request: Request, runtime: RuntimeDep) -> None:
+    """Count an unauthenticated call that costs a Stripe call against the client's address."""
+    await runtime.public_limit.hit(request.client.host if request.client else "unknown")
+
+
+# For routes anyone may call that reach Stripe before a key exists (checkout, claim).
+PublicRateLimitDep = Depends(limit_public_caller)
+
+
 # -- API keys --------------------------------------------------------------------------------
 
 API_KEY_SCHEME = "ApiKey"

@@ -76,9 +76,15 @@ class KeyCreate(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        try:
+            # 9999-12-31T23:59:59-14:00 is a valid input whose UTC time is past year 9999.
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is out of range") from None
 
 
 class KeyRotate(BaseModel):

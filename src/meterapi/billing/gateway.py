@@ -6,12 +6,14 @@ the service never depends on the SDK's types, and the emulator or real Stripe si
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import stripe
 
@@ -48,6 +50,32 @@ def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
     )
 
 
+UNKNOWN_SESSION_TTL_S = 60.0
+
+
+class ExpiringSet:
+    """Strings remembered for ``ttl_s`` seconds; the oldest go first when ``max_size`` is hit."""
+
+    def __init__(self, *, ttl_s: float, max_size: int) -> None:
+        self.ttl_s, self.max_size = ttl_s, max_size
+        self._until: dict[str, float] = {}  # insertion order = expiry order
+
+    def add(self, value: str) -> None:
+        self._until.pop(value, None)
+        while len(self._until) >= self.max_size:
+            del self._until[next(iter(self._until))]
+        self._until[value] = time.monotonic() + self.ttl_s
+
+    def holds(self, value: str) -> bool:
+        until = self._until.get(value)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._until[value]
+            return False
+        return True
+
+
 @dataclass(frozen=True)
 class CheckoutLink:
     """A new Checkout Session: its id and the hosted page to send the customer to."""
@@ -60,9 +88,34 @@ def _domain_error(exc: stripe.StripeError, what: str) -> Exception:
     """Map an SDK error to a ``DomainError`` whose message holds no request data or secret."""
     if isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404:
         return NotFound(f"No such {what}.")
+    if exc.http_status == 409:  # a lock conflict on Stripe's side: worth trying again
+        return StripeUnavailable()
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError | stripe.CardError):
         return StripeRejected(f"Stripe refused the {what} request ({exc.http_status}).")
     return StripeUnavailable()
+
+
+NOT_AN_EVENT = "The webhook body is not a Stripe event."
+# Event times a datetime can hold, whatever the zone: 1970 to the end of year 9998.
+_LATEST_EVENT_TIME = 253_370_764_800
+
+
+def _is_event(value: Any) -> bool:
+    """The shape every handler relies on: an object with id, type, created and data.object."""
+    if not isinstance(value, dict):
+        return False
+    created = value.get("created")
+    data = value.get("data")
+    return (
+        isinstance(value.get("id"), str)
+        and bool(value["id"])
+        and isinstance(value.get("type"), str)
+        and isinstance(created, int)
+        and not isinstance(created, bool)
+        and 0 <= created < _LATEST_EVENT_TIME
+        and isinstance(data, dict)
+        and isinstance(data.get("object"), dict)
+    )
 
 
 def _reason(exc: stripe.StripeError) -> str:
@@ -87,6 +140,7 @@ class StripeGateway:
             base_addresses={"api": base, "meter_events": base},
             max_network_retries=2,
         )
+        self._unknown_sessions = ExpiringSet(ttl_s=UNKNOWN_SESSION_TTL_S, max_size=10_000)
         secret = settings.stripe_webhook_secret
         self.webhook_secret = (
             secret.get_secret_value() if secret is not None else EMULATOR_WEBHOOK_SECRET
@@ -187,13 +241,22 @@ class StripeGateway:
         return CheckoutLink(id=created.id, url=created.url)
 
     async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
-        """The Checkout Session with its subscription expanded, as a plain dict."""
+        """The Checkout Session with its subscription expanded, as a plain dict.
+
+        An id Stripe answered 404 for is answered ``NotFound`` from memory for a minute, without
+        asking again: guessed ids sent to the public claim route cost one Stripe call each.
+        """
+        if self._unknown_sessions.holds(session_id):
+            raise NotFound("No such checkout session.")
         try:
             found = await self._client.v1.checkout.sessions.retrieve_async(
                 session_id, params={"expand": ["subscription"]}
             )
         except stripe.StripeError as exc:
-            raise _domain_error(exc, "checkout session") from exc
+            error = _domain_error(exc, "checkout session")
+            if isinstance(error, NotFound):
+                self._unknown_sessions.add(session_id)
+            raise error from exc
         return found.to_dict()
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
@@ -217,18 +280,32 @@ class StripeGateway:
     # -- webhooks ---------------------------------------------------------------------------
 
     def verify_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
-        """Check ``Stripe-Signature`` over the raw body; return the event as a plain dict."""
+        """Check ``Stripe-Signature`` over the raw body; return the event as a plain dict.
+
+        Raises ``InvalidSignature`` for a missing or bad signature, and for a signed body that
+        is not an event object (an array, a string, an object without id, type or created).
+        """
         if not signature:
             raise InvalidSignature("The Stripe-Signature header is missing.")
+        if not signature.isascii():
+            raise InvalidSignature("The Stripe-Signature header does not verify.")
         try:
-            event = self._client.construct_event(
-                payload, signature, self.webhook_secret, tolerance=WEBHOOK_TOLERANCE_S
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidSignature(NOT_AN_EVENT) from exc
+        try:
+            stripe.WebhookSignature.verify_header(
+                text, signature, self.webhook_secret, tolerance=WEBHOOK_TOLERANCE_S
             )
-        except stripe.SignatureVerificationError as exc:
+        except (stripe.SignatureVerificationError, ValueError) as exc:
             raise InvalidSignature("The Stripe-Signature header does not verify.") from exc
+        try:
+            event = json.loads(text)
         except ValueError as exc:
-            raise InvalidSignature("The webhook body is not a Stripe event.") from exc
-        return event.to_dict()
+            raise InvalidSignature(NOT_AN_EVENT) from exc
+        if not _is_event(event):
+            raise InvalidSignature(NOT_AN_EVENT)
+        return cast(dict[str, Any], event)
 
     # -- setup ------------------------------------------------------------------------------
 

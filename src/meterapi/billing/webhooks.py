@@ -1,13 +1,20 @@
 """The webhook inbox: verify, store once by event id, handle once.
 
-Failure strategy: a delivery whose handling raises is answered with a 5xx, so Stripe delivers
-it again (live mode retries for up to three days). The handler runs inside a savepoint: its
-partial writes are rolled back, while the inbox row stays, unprocessed, with ``attempts`` and
-``last_error`` for operators. A later delivery of the same event finds the row unprocessed,
-claims it with a conditional ``UPDATE … WHERE processed_at IS NULL`` (one of several concurrent
-deliveries wins; the others see it processed) and handles it again. We chose redelivery over a
-background retry loop because Stripe already owns durable retries with backoff, and it keeps a
-single code path: every effect happens in the request that acknowledges it.
+Failure strategy: a delivery whose handling raises a transient failure (Stripe 5xx, 429, a
+timeout or connection error, a database error, anything unexpected) is answered with a 5xx, so
+Stripe delivers it again (live mode retries for up to three days). A failure that Stripe's own
+answer makes permanent (a 404 for the object the event names, or another refusal) would fail
+the same way on every delivery: it is recorded (``failed_at``, ``last_error``, and left
+unprocessed so that ``meterapi webhooks replay`` can try it again) and answered 2xx, so Stripe
+stops re-delivering.
+
+The handler runs inside a savepoint: its partial writes are rolled back, while the inbox row
+stays, unprocessed, with ``attempts`` and ``last_error`` for operators. A later delivery of the
+same event finds the row unprocessed, claims it with a conditional ``UPDATE … WHERE
+processed_at IS NULL`` (one of several concurrent deliveries wins; the others see it processed)
+and handles it again. We chose redelivery over a background retry loop because Stripe already
+owns durable retries with backoff, and it keeps a single code path: every effect happens in the
+request that acknowledges it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from meterapi.billing.subscriptions import (
     stripe_time,
     sync_subscription,
 )
-from meterapi.errors import DomainError, InvalidSignature
+from meterapi.errors import DomainError, InvalidSignature, NotFound, StripeRejected
 from meterapi.models import StripeEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # stored, but not about us (unknown type, another price)
     DUPLICATE = "duplicate"  # already processed: nothing done
     FAILED = "failed"  # handling raised: kept unprocessed, answer non-2xx so Stripe retries
+    # Stripe answered that it cannot work (e.g. 404): kept unprocessed with failed_at, answer 2xx
+    FAILED_PERMANENTLY = "failed_permanently"
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,18 @@ async def _handle_taken(
         async with session.begin_nested():
             handled = await handle(session, event=event, gateway=gateway, price_id=price_id)
     except Exception as exc:
+        permanent = is_permanent(exc)
         # Type only: an exception's text may carry customer data.
-        log.warning("webhook %s (%s) failed: %s", event_id, event.get("type"), type(exc).__name__)
-        await _finish(session, event_id, error=_describe(exc))
+        log.warning(
+            "webhook %s (%s) failed%s: %s",
+            event_id,
+            event.get("type"),
+            " permanently" if permanent else "",
+            type(exc).__name__,
+        )
+        await _finish(session, event_id, error=_describe(exc), permanent=permanent)
+        if permanent:
+            return Receipt(event_id, Outcome.FAILED_PERMANENTLY)
         status = exc.status_code if isinstance(exc, DomainError) else 500
         return Receipt(event_id, Outcome.FAILED, status_code=max(status, 500))
     await _finish(session, event_id, error=None)
@@ -168,8 +186,15 @@ async def _take(
     return retry.rowcount == 1
 
 
-async def _finish(session: AsyncSession, event_id: str, *, error: str | None) -> None:
-    values: dict[str, Any] = {"last_error": error}
+def is_permanent(exc: Exception) -> bool:
+    """Stripe's answer says the event cannot be handled however often it is tried again."""
+    return isinstance(exc, NotFound | StripeRejected)
+
+
+async def _finish(
+    session: AsyncSession, event_id: str, *, error: str | None, permanent: bool = False
+) -> None:
+    values: dict[str, Any] = {"last_error": error, "failed_at": utcnow() if permanent else None}
     if error is None:
         values["processed_at"] = utcnow()
     await session.exec(update(StripeEvent).where(col(StripeEvent.id) == event_id).values(**values))
