@@ -136,7 +136,13 @@ class LiveService:
             assert checkout.status_code == 201, checkout.text
             paid = http.post(checkout.json()["url"], data={"email": email})
             assert paid.status_code == 303, paid.text
-            claim = http.post("/v1/keys/claim", json={"checkout_session_id": checkout.json()["id"]})
+            claim = http.post(
+                "/v1/keys/claim",
+                json={
+                    "checkout_session_id": checkout.json()["id"],
+                    "claim_token": checkout.json()["claim_token"],
+                },
+            )
             assert claim.status_code == 201, claim.text
             api_key: str = claim.json()["api_key"]
             return api_key
