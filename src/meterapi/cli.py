@@ -9,22 +9,20 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from meterapi import migrations
+from meterapi import emulator_mode, migrations
 from meterapi.app import create_app
 from meterapi.billing import webhooks
-from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.errors import DomainError
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.runtime import Runtime
-from meterapi.stripe_emulator import EmulatorServer
 from meterapi.stripe_emulator import main as emulator_main
 
 log = logging.getLogger("meterapi")
@@ -33,51 +31,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 Command = Callable[[argparse.Namespace, Any], int]
 
 
-EMULATOR_PORT = 12111
-EMULATOR_BANNER = """
-  ======================================================================
-   EMULATOR MODE: no METERAPI_STRIPE_SECRET_KEY is set.
-   Stripe is the built-in emulator at {url}; no real money moves.
-   Subscribe at {public}/dashboard, or POST {public}/v1/checkout.
-  ======================================================================
-"""
-
-
-def _start_emulator(args: argparse.Namespace, settings: Settings) -> EmulatorServer:
-    """Run the Stripe emulator beside the service and point this process's settings at it."""
-    local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
-    webhook_url = f"http://{local_host}:{args.port}/webhooks/stripe"
-    state_file = str(Path(args.emulator_state).resolve())
-    server = None
-    for port in (EMULATOR_PORT, 0):  # the usual port, else any free one
-        candidate = EmulatorServer(
-            port=port,
-            webhook_url=webhook_url,
-            webhook_secret=EMULATOR_WEBHOOK_SECRET,
-            state_file=state_file,
-        )
-        try:
-            server = candidate.start()
-            break
-        except OSError:
-            continue
-    assert server is not None, "no port for the Stripe emulator"
-    wired = settings.model_copy(update={"stripe_api_base": server.url})
-
-    async def bootstrap() -> str:
-        gateway = StripeGateway(wired)
-        try:
-            return (await gateway.ensure_metered_price())[1]
-        finally:
-            await gateway.close()
-
-    price_id = settings.stripe_price_id or asyncio.run(bootstrap())
-    # Workers build their own Settings from the environment.
-    os.environ["METERAPI_STRIPE_API_BASE"] = server.url
-    os.environ["METERAPI_STRIPE_PRICE_ID"] = price_id
-    public = f"http://{local_host}:{args.port}"
-    print(EMULATOR_BANNER.format(url=server.url, public=public), flush=True)
-    return server
+# Libraries that log every request at INFO; their lines would bury what the service says.
+QUIET_LOGGERS = ("stripe", "httpx", "httpcore", "hpack", "asyncio", "aiosqlite", "alembic")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,7 +46,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"meterapi: configuration error: {exc}", file=sys.stderr)
         return 2
     migrations.upgrade(settings.database_url)
-    emulator = _start_emulator(args, settings) if settings.emulator_mode else None
+    emulator = None
+    if settings.emulator_mode:
+        emulator = emulator_mode.start(
+            settings,
+            host=args.host,
+            port=args.port,
+            emulator_host=args.emulator_host,
+            state_file=args.emulator_state,
+        )
+    else:
+        emulator_mode.warn_without_public_url(settings)
     try:
         _run_uvicorn(args)
     finally:
@@ -134,6 +99,8 @@ def _log_config() -> dict[str, Any]:
         "stream": "ext://sys.stderr",
     }
     config["loggers"]["meterapi"] = {"handlers": ["meterapi"], "level": "INFO", "propagate": False}
+    for name in QUIET_LOGGERS:
+        config["loggers"][name] = {"level": "WARNING"}
     return config
 
 
@@ -265,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="meterapi-emulator.json",
         help="emulator mode only: where the emulator keeps its state between runs",
     )
+    serve.add_argument(
+        "--emulator-host",
+        default="127.0.0.1",
+        help="emulator mode only: the address the emulator listens on (0.0.0.0 in a container)",
+    )
     serve.set_defaults(handler=_serve)
 
     emulator = commands.add_parser(
@@ -320,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if not getattr(args, "needs_settings", True):
         handler: Command = args.handler

@@ -91,6 +91,12 @@ class CheckoutIncomplete(DomainError):
     message = "The Checkout Session is not complete."
 
 
+class CheckoutExpired(CheckoutIncomplete):
+    """Same code and status as an open session (CONTRACT §3); the message tells the buyer."""
+
+    message = "The Checkout Session expired before it was paid; start a new checkout."
+
+
 class AlreadyClaimed(DomainError):
     status_code = 409
     code = "already_claimed"

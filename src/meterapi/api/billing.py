@@ -15,6 +15,7 @@ from meterapi.api.deps import (
     SettingsDep,
 )
 from meterapi.billing import checkout
+from meterapi.billing.claim import claim_token
 from meterapi.errors import NotFound
 from meterapi.models import Customer
 
@@ -42,6 +43,9 @@ class CheckoutCreate(BaseModel):
 class CheckoutOut(BaseModel):
     id: str = Field(description="The Checkout Session id (cs_…); claim the key with it.")
     url: str = Field(description="Stripe's hosted Checkout page; send the customer there.")
+    claim_token: str = Field(
+        description="A secret for the buyer's browser: POST /v1/keys/claim needs it with the id."
+    )
 
 
 class PortalOut(BaseModel):
@@ -74,7 +78,8 @@ async def create_checkout(
         email=body.email,
         client_reference_id=body.client_reference_id,
     )
-    return CheckoutOut(id=link.id, url=link.url)
+    token = claim_token(link.id, pepper=settings.pepper_bytes())
+    return CheckoutOut(id=link.id, url=link.url, claim_token=token)
 
 
 @router.post(

@@ -22,6 +22,11 @@ class KeyClaim(BaseModel):
         pattern=r"^[A-Za-z0-9_]+$",
         description="The Checkout Session id (cs_…).",
     )
+    claim_token: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The claim_token that POST /v1/checkout returned with this session.",
+    )
 
 
 @router.post(
@@ -31,7 +36,7 @@ class KeyClaim(BaseModel):
     summary="Reveal the first API key of a completed Checkout Session (once only)",
     responses={
         402: {"description": "The Checkout Session is open or expired (checkout_incomplete)"},
-        404: {"description": "No such Checkout Session for this service"},
+        404: {"description": "No such Checkout Session for this service, or a wrong claim token"},
         409: {"description": "This session's key was already claimed (already_claimed)"},
         429: {"description": "Too many claims from this address (rate_limited)"},
         503: {"description": "Stripe could not be reached to check the session"},
@@ -44,6 +49,7 @@ async def claim_key(
     key, plaintext = await claim_first_key(
         session,
         checkout_session_id=body.checkout_session_id,
+        claim_token=body.claim_token,
         gateway=gateway,
         price_id=runtime.settings.stripe_price_id,
         pepper=runtime.keys.pepper,

@@ -13,7 +13,7 @@ from alembic import op
 import meterapi.models
 
 revision: str = "0005_stripe_event_failure"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004_process_heartbeat"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
