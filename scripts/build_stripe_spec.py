@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import stripe
-from sdk_types import Schema, object_class, response_fields, schema_of
+from sdk_types import Schema, enum_of, object_class, response_fields, schema_of
 
 OUT = Path(__file__).parent.parent / "src/meterapi/stripe_emulator/spec/stripe-openapi.json.gz"
 P, PB, PC, PP, PV = (
@@ -99,7 +99,6 @@ ROUTES: list[tuple[str, str, str | None, str]] = [
 # Response objects (schema name → SDK class) bridged to the SDK, with what they reference.
 OBJECTS: dict[str, Any] = {
     "customer": stripe.Customer,
-    "deleted_customer": stripe.Customer,
     "product": stripe.Product,
     "price": stripe.Price,
     "billing.meter": stripe.billing.Meter,
@@ -179,10 +178,18 @@ def bridge_object(schemas: dict[str, Schema], name: str, cls: Any, done: set[str
     for gone in [k for k in props if k not in sdk]:
         del props[gone]
     for key, (t, optional) in sdk.items():
-        if key not in props:
-            props[key] = {"nullable": True} if optional else {}
-            continue
         nested = object_class(t)
+        if key not in props:
+            own = getattr(nested, "OBJECT_NAME", None)
+            props[key] = {"$ref": f"#/components/schemas/{own}"} if own in schemas else {}
+            if optional:
+                props[key]["nullable"] = True
+            if own in schemas and own not in OBJECTS:
+                bridge_object(schemas, own, nested, done)
+            continue
+        literals = enum_of(t)
+        if literals and "enum" in props[key]:
+            props[key] = {**props[key], "enum": literals}
         refs = _REF.findall(json.dumps(props[key]))
         if nested is not None and len(set(refs)) == 1 and refs[0] not in OBJECTS:
             bridge_object(schemas, refs[0], nested, done)

@@ -134,3 +134,17 @@ def object_class(t: Any) -> type | None:
 def response_fields(cls: type) -> dict[str, tuple[Any, bool]]:
     """Response field → (type, nullable-or-absent)."""
     return {name: unwrap(t) for name, t in fields(cls).items()}
+
+
+def enum_of(t: Any) -> list[str]:
+    """The literal values a response field may take, per the SDK (empty if not an enum)."""
+    t, _ = unwrap(t)
+    if typing.get_origin(t) is typing.Literal:
+        return [str(a) for a in typing.get_args(t)]
+    values: list[str] = []
+    for arg in (
+        typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else ()
+    ):
+        if typing.get_origin(arg) is typing.Literal:
+            values += [str(a) for a in typing.get_args(arg)]
+    return values
