@@ -39,8 +39,14 @@ async def recorded(emulator: EmulatorServer) -> Any:
         request = response.request
         path = request.url.path
         if not path.startswith("/_emulator"):
-            seen.append((request.method, _route(request.method, path), response.status_code,
-                         response.json() if response.content else None))  # fmt: skip
+            seen.append(
+                (
+                    request.method,
+                    _route(request.method, path),
+                    response.status_code,
+                    response.json() if response.content else None,
+                )
+            )
 
     http = stripe.HTTPXClient()
     http._client_async.event_hooks["response"].append(keep)
@@ -73,7 +79,7 @@ async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
             "product": product.id,
             "recurring": {"interval": "month"},
             "lookup_key": "seats",
-        }  # fmt: skip
+        }
     )
     done = await subscribe(client, web, catalog.price.id)
     customer = done.customer
@@ -87,14 +93,14 @@ async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
             "identifier": "conf-1",
             "timestamp": now,
             "payload": {"stripe_customer_id": customer, "value": "3"},
-        }  # fmt: skip
+        }
     )
     await v1.billing.meter_events.create_async(
         params={
             "event_name": "api_requests",
             "identifier": "conf-2",
             "payload": {"stripe_customer_id": customer, "value": "1"},
-        }  # fmt: skip
+        }
     )
     await v1.billing.meter_event_adjustments.create_async(
         params={"event_name": "api_requests", "type": "cancel", "cancel": {"identifier": "conf-2"}}
@@ -109,7 +115,7 @@ async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
             "event_name": "api_requests",
             "payload": {"stripe_customer_id": customer, "value": "2"},
             "identifier": "conf-v2",
-        }  # fmt: skip
+        }
     )
     await client.v2.billing.meter_event_stream.create_async(
         params={
@@ -120,7 +126,7 @@ async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
                     "payload": {"stripe_customer_id": customer, "value": "1"},
                 }
             ]
-        },  # fmt: skip
+        },
         options={"api_key": session.authentication_token},
     )
     sub = done.subscription
@@ -151,7 +157,7 @@ async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
             "line_items": [{"price": catalog.price.id}],
             "success_url": "https://app.example/ok",
             "customer_email": "b@example.com",
-        }  # fmt: skip
+        }
     )
     await v1.checkout.sessions.retrieve_async(open_session.id)
     await v1.checkout.sessions.expire_async(open_session.id)
@@ -176,7 +182,7 @@ async def _errors(client: stripe.StripeClient, emulator: EmulatorServer) -> list
                 "event_name": "api_requests",
                 "identifier": "conf-1",
                 "payload": {"stripe_customer_id": "cus_x", "value": "1"},
-            }  # fmt: skip
+            }
         ),
         lambda: v1.prices.create_async(
             params={"currency": "usd", "unit_amount": 5, "tax_behavior": ""}  # type: ignore[typeddict-item]
@@ -205,9 +211,13 @@ async def test_every_endpoint_answers_in_the_spec_shape(
     await _flow(client, web)
     codes = await _errors(client, emulator)
     assert codes == [
-        "resource_missing", "parameter_invalid_integer", "parameter_missing", "(none)",
-        "resource_missing", "parameter_invalid_empty",
-    ]  # fmt: skip
+        "resource_missing",
+        "parameter_invalid_integer",
+        "parameter_missing",
+        "(none)",
+        "resource_missing",
+        "parameter_invalid_empty",
+    ]
     await receiver.wait_for("customer.deleted", "checkout.session.expired")
     failures: list[str] = []
     for method, route, status, body in seen:
@@ -224,8 +234,10 @@ async def test_every_endpoint_answers_in_the_spec_shape(
     answered = {(m, r) for m, r, s, _ in seen if s < 400}
     assert served - answered == set()
     errors = [s for _, _, s, _ in seen if s >= 400]
-    print(f"\nvalidated {len(answered)} endpoints, {len(seen) - len(errors)} responses, "
-          f"{len(errors)} error bodies, {len(events)} webhook payloads")  # fmt: skip
+    print(
+        f"\nvalidated {len(answered)} endpoints, {len(seen) - len(errors)} responses, "
+        f"{len(errors)} error bodies, {len(events)} webhook payloads"
+    )
 
 
 async def test_every_endpoint_refuses_an_undefined_parameter(emulator: EmulatorServer) -> None:
@@ -243,8 +255,9 @@ async def test_every_endpoint_refuses_an_undefined_parameter(emulator: EmulatorS
             elif op.method == "POST":
                 answer = await http.post(path, headers=headers, data={"no_such_param": "1"})
             else:
-                answer = await http.request(op.method, path, headers=headers,
-                                            params={"no_such_param": "1"})  # fmt: skip
+                answer = await http.request(
+                    op.method, path, headers=headers, params={"no_such_param": "1"}
+                )
             error = answer.json()["error"]
             assert answer.status_code == 400, (op.method, op.path, error)
             assert error["code"] == "parameter_unknown"
@@ -258,14 +271,23 @@ async def test_every_endpoint_refuses_an_undefined_parameter(emulator: EmulatorS
 @pytest.mark.parametrize(
     ("path", "data", "param"),
     [
-        ("/v1/prices", {"currency": "usd", "recurring[interval]": "month", "recurring[x]": "1"},
-         "recurring[x]"),
-        ("/v1/checkout/sessions", {"mode": "subscription", "line_items[0][price]": "p",
-         "line_items[0][x]": "1"}, "line_items[0][x]"),
-        ("/v1/customers", {"metadata[ok]": "1", "invoice_settings[nope]": "1"},
-         "invoice_settings[nope]"),
+        (
+            "/v1/prices",
+            {"currency": "usd", "recurring[interval]": "month", "recurring[x]": "1"},
+            "recurring[x]",
+        ),
+        (
+            "/v1/checkout/sessions",
+            {"mode": "subscription", "line_items[0][price]": "p", "line_items[0][x]": "1"},
+            "line_items[0][x]",
+        ),
+        (
+            "/v1/customers",
+            {"metadata[ok]": "1", "invoice_settings[nope]": "1"},
+            "invoice_settings[nope]",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_nested_undefined_parameters_are_refused(
     emulator: EmulatorServer, path: str, data: dict[str, str], param: str
 ) -> None:
