@@ -25,7 +25,8 @@ _STYLE = (
     "table{border-collapse:collapse;width:100%}"
     "th,td{padding:.45rem .75rem .45rem 0;text-align:left;vertical-align:top;"
     "border-bottom:1px solid #e3e3e3}th{font-weight:600;font-size:.9rem;color:#555}"
-    "td{overflow-wrap:anywhere}td form{margin:0}td button{font-size:.95rem;padding:.4rem .8rem;overflow-wrap:normal}"
+    "td{overflow-wrap:anywhere}td form{margin:0}"
+    "td button{font-size:.95rem;padding:.4rem .8rem;overflow-wrap:normal}"
 )
 # A small "S" mark, so a browser's `/favicon.ico` request finds something.
 FAVICON = (
