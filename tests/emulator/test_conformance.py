@@ -59,7 +59,7 @@ async def recorded(emulator: EmulatorServer) -> Any:
     await http.close_async()
 
 
-async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
+async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> str:
     v1 = client.v1
     catalog = await make_catalog(client)
     meter = catalog.meter
@@ -167,9 +167,12 @@ async def _flow(client: stripe.StripeClient, web: httpx.AsyncClient) -> None:
     await v1.events.retrieve_async(events.data[0].id)
     other = await v1.customers.create_async(params={"email": "gone@example.com"})
     await v1.customers.delete_async(other.id)
+    return customer
 
 
-async def _errors(client: stripe.StripeClient, emulator: EmulatorServer) -> list[str]:
+async def _errors(
+    client: stripe.StripeClient, emulator: EmulatorServer, customer: str
+) -> list[str]:
     """Stripe's own failures, each answered in Stripe's error shape; returns the codes seen."""
     v1 = client.v1
     calls: list[Any] = [
@@ -187,12 +190,31 @@ async def _errors(client: stripe.StripeClient, emulator: EmulatorServer) -> list
         lambda: v1.prices.create_async(
             params={"currency": "usd", "unit_amount": 5, "tax_behavior": ""}  # type: ignore[typeddict-item]
         ),
+        lambda: v1.prices.create_async(
+            params={"currency": "usd", "recurring": {"interval": "month", "x": "1"}}  # type: ignore[typeddict-unknown-key]
+        ),
+        lambda: v1.customers.create_async(params={"email": "b@example.com"}, options=same_key),
     ]
+    same_key: Any = {"idempotency_key": "conformance-key"}
+    await v1.customers.create_async(params={"email": "a@example.com"}, options=same_key)
     codes = []
     for call in calls:
         with pytest.raises(stripe.StripeError) as caught:
             await call()
         codes.append(caught.value.code or "(none)")
+    # A repeated meter event identifier: refused, not to be retried, and with no error code.
+    with pytest.raises(stripe.InvalidRequestError) as duplicate:
+        await v1.billing.meter_events.create_async(
+            params={
+                "event_name": "api_requests",
+                "identifier": "conf-1",
+                "payload": {"stripe_customer_id": customer, "value": "1"},
+            }
+        )
+    assert duplicate.value.http_status == 400 and duplicate.value.code is None
+    assert duplicate.value.user_message == "An event already exists with identifier conf-1."
+    assert duplicate.value.headers is not None
+    assert duplicate.value.headers["stripe-should-retry"] == "false"
     bad_key = stripe.StripeClient(
         "sk_live_nope_nope_nope",
         http_client=client._requestor._client,  # same recording HTTP client
@@ -208,8 +230,8 @@ async def test_every_endpoint_answers_in_the_spec_shape(
     recorded: Any, web: httpx.AsyncClient, emulator: EmulatorServer, receiver: WebhookReceiver
 ) -> None:
     client, seen = recorded
-    await _flow(client, web)
-    codes = await _errors(client, emulator)
+    customer = await _flow(client, web)
+    codes = await _errors(client, emulator, customer)
     assert codes == [
         "resource_missing",
         "parameter_invalid_integer",
@@ -217,6 +239,8 @@ async def test_every_endpoint_answers_in_the_spec_shape(
         "(none)",
         "resource_missing",
         "parameter_invalid_empty",
+        "parameter_unknown",
+        "(none)",
     ]
     await receiver.wait_for("customer.deleted", "checkout.session.expired")
     failures: list[str] = []
@@ -234,10 +258,22 @@ async def test_every_endpoint_answers_in_the_spec_shape(
     answered = {(m, r) for m, r, s, _ in seen if s < 400}
     assert served - answered == set()
     errors = [s for _, _, s, _ in seen if s >= 400]
+    shapes = {t for _, _, _, body in seen for t in _object_types(body)}
+    assert len(shapes) >= 15, shapes
     print(
-        f"\nvalidated {len(answered)} endpoints, {len(seen) - len(errors)} responses, "
+        f"\nvalidated {len(answered)} endpoints, {len(seen) - len(errors)} responses "
+        f"({len(shapes)} object types: {', '.join(sorted(shapes))}), "
         f"{len(errors)} error bodies, {len(events)} webhook payloads"
     )
+
+
+def _object_types(node: Any) -> set[str]:
+    if isinstance(node, list):
+        return {t for v in node for t in _object_types(v)}
+    if not isinstance(node, dict):
+        return set()
+    own = {node["object"]} if isinstance(node.get("object"), str) else set()
+    return own.union(*(_object_types(v) for v in node.values()))
 
 
 async def test_every_endpoint_refuses_an_undefined_parameter(emulator: EmulatorServer) -> None:
