@@ -23,7 +23,7 @@ from meterapi.errors import DomainError
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.runtime import Runtime
-from meterapi.stripe_emulator import main as emulator_main
+from meterapi.stripe_emulator import command as emulator_command
 
 log = logging.getLogger("meterapi")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -164,7 +164,7 @@ def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> int:
-    return emulator_main(list(args.emulator_args))
+    return emulator_command.run(args)
 
 
 def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
@@ -240,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     emulator = commands.add_parser(
-        "stripe-emulator", help="run the local Stripe emulator", add_help=False
+        "stripe-emulator",
+        help="run the local Stripe emulator",
+        description=emulator_command.DESCRIPTION,
     )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    emulator_command.add_arguments(emulator)
     emulator.set_defaults(handler=_stripe_emulator, needs_settings=False)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(
