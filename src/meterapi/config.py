@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -13,6 +14,21 @@ EMULATOR_KEY = "sk_test_emulator"
 
 class ConfigError(ValueError):
     """The configuration cannot run safely; the message says what to set."""
+
+
+MIN_ADMIN_TOKEN_CHARS = 32
+RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE = re.compile(r"^([1-9][0-9]{0,8})/(second|minute|hour|day)$")
+
+
+def parse_rate_limit(text: str) -> tuple[int, int]:
+    """``"100/second"`` → (100, 1): a quota and its window in seconds; ValueError otherwise."""
+    match = _RATE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            "a rate limit is <count>/<second|minute|hour|day>, e.g. 100/second or 6000/minute"
+        )
+    return int(match.group(1)), RATE_WINDOWS[match.group(2)]
 
 
 class Settings(BaseSettings):
@@ -35,6 +51,8 @@ class Settings(BaseSettings):
     stripe_timeout_s: float = Field(default=10.0, gt=0)
     key_cache_size: int = Field(default=100_000, gt=0)
     key_cache_ttl_s: float = Field(default=60.0, gt=0)
+    admin_token: SecretStr | None = None
+    rate_limit: str | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -57,6 +75,26 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must start with sk_test_, sk_live_, rk_test_ or rk_live_")
         return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_format(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_rate_limit(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _admin_token_long_enough(self) -> Settings:
+        # After validation, as a model check: the error then names the variable, never the value.
+        token = self.admin_token
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"METERAPI_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'); "
+                "unset it to turn the operator API off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secrets_that_go_together(self) -> Settings:

@@ -12,6 +12,7 @@ from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
+from meterapi.metering.limits import Pricing
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
@@ -31,6 +32,7 @@ class Runtime:
     recorder: UsageRecorder
     reporter: Reporter
     invoices: InvoicePreviews
+    pricing: Pricing
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -61,6 +63,7 @@ class Runtime:
             recorder=UsageRecorder(make_sessionmaker(ledger_engine), on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
+            pricing=Pricing(gateway, settings.stripe_price_id),
         )
 
     async def start(self) -> None:

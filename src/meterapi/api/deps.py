@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.db import session_scope
-from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, DomainError, MissingApiKey
+from meterapi.errors import (
+    AmbiguousApiKey,
+    ApiKeyInQuery,
+    DomainError,
+    InvalidAdminToken,
+    MissingApiKey,
+    NotFound,
+)
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
@@ -127,3 +135,36 @@ ApiKeyDep = Annotated[Principal, Security(_paid_access)]
 # The customer's own keys, usage and billing: any valid key, whatever the subscription's state,
 # so a lapsed customer can still see what they owe and reach the billing portal.
 CustomerDep = Annotated[Principal, Security(_self_service)]
+
+
+# -- the operator ------------------------------------------------------------------------------
+
+ADMIN_SCHEME = "AdminToken"
+
+
+class AdminAuth(HTTPBearer):
+    """The operator's bearer scheme in the OpenAPI document, and the check: the presented token
+    against ``METERAPI_ADMIN_TOKEN``, compared in constant time."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name=ADMIN_SCHEME,
+            description="The operator token, `METERAPI_ADMIN_TOKEN` (at least 32 characters).",
+            auto_error=False,
+        )
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        expected = runtime.settings.admin_token
+        if expected is None:  # the routes are not even mounted then; this is a second lock
+            raise NotFound()
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        given = presented.strip().encode("utf-8", errors="replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given, expected.get_secret_value().encode()
+        ):
+            raise InvalidAdminToken()
+
+
+# Declared on the operator routers; each route then shows the scheme in the document.
+ADMIN_AUTH = Security(AdminAuth())
