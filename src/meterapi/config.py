@@ -33,7 +33,12 @@ def parse_rate_limit(text: str) -> tuple[int, int]:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="METERAPI_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="METERAPI_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        # A validation error names the variable, never its (possibly secret) value.
+        hide_input_in_errors=True,
     )
 
     database_url: str = "sqlite+aiosqlite:///./meterapi.db"
