@@ -11,13 +11,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
-from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.paid import UsageRecording
 from meterapi.api.plugins import include_routers, load_routers
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
+from meterapi.dashboard import admin_router
 from meterapi.dashboard import router as dashboard_router
 from meterapi.gateway import Gateway
 from meterapi.runtime import Runtime
@@ -88,6 +89,11 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     app.include_router(billing.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard_router)
+    if settings.admin_token is not None:
+        # Without a token nothing under /admin exists: every path there is a plain 404.
+        app.include_router(admin.router)
+        app.include_router(admin_ops.router)
+        app.include_router(admin_router)
     given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
     include_routers(app, [*given, *plugins])
     if gateway is not None:

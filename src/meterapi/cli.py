@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,9 +21,11 @@ from meterapi.billing import webhooks
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
-from meterapi.errors import DomainError
+from meterapi.errors import DomainError, ValidationFailed
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
+from meterapi.metering import limits, reconcile_report
+from meterapi.metering.reconcile import Drift, Reconciler
 from meterapi.runtime import Runtime
 from meterapi.stripe_emulator import command as emulator_command
 
@@ -125,6 +129,74 @@ def _usage_flush(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print("all usage reported")
     return 0
+
+
+def _usage_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.start is None) != (args.end is None):
+        print("meterapi: give both --start and --end, or neither", file=sys.stderr)
+        return 2
+    progress = reconcile_report.Progress(sys.stderr)
+
+    async def run() -> list[Drift]:
+        engine = make_engine(settings.database_url)
+        gateway = StripeGateway(settings)
+        try:
+            reconciler = Reconciler(make_sessionmaker(engine), gateway, on_progress=progress.update)
+            return await reconciler.run(start=args.start, end=args.end)
+        finally:
+            progress.close()
+            await gateway.close()
+            await engine.dispose()
+
+    try:
+        rows = asyncio.run(run())
+    except DomainError as exc:
+        print(f"meterapi: {exc.message}", file=sys.stderr)
+        return 1
+    print(reconcile_report.table(rows, drift_only=args.drift_only))
+    drifting = sum(1 for r in rows if r.drift)
+    print(f"{len(rows)} customer(s) reconciled; {drifting} drifting")
+    return 1 if drifting else 0
+
+
+def _limits_set(args: argparse.Namespace, settings: Settings) -> int:
+    def rate(value: str | None) -> limits.RateChange:
+        if value is None:
+            return limits.KEEP
+        if value.lower() == "none":
+            return None
+        return limits.DEFAULT if value.lower() == "default" else value
+
+    def cap(value: str | None) -> limits.CapChange:
+        if value is None:
+            return limits.KEEP
+        if value.lower() == "none":
+            return None
+        if not value.isdigit():
+            raise ValidationFailed("--spend-cap is a whole amount in minor units, or none.")
+        return int(value)
+
+    async def apply() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                customer = await key_service.find_customer(
+                    session, stripe_customer_id=args.customer
+                )
+                assert customer.id is not None
+                row = await limits.set_limits(
+                    session,
+                    customer_id=customer.id,
+                    rate_limit=rate(args.rate),
+                    monthly_spend_cap=cap(args.spend_cap),
+                )
+        finally:
+            await engine.dispose()
+        shown_rate = (row.rate_limit or "none") if row.rate_limit_set else "default"
+        shown_cap = "none" if row.monthly_spend_cap is None else str(row.monthly_spend_cap)
+        return f"{args.customer}: rate limit {shown_rate}, monthly spend cap {shown_cap}"
+
+    return _run_printing(apply)
 
 
 def _stripe_setup(args: argparse.Namespace, settings: Settings) -> int:
@@ -261,6 +333,31 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying")
     flush.set_defaults(handler=_usage_flush)
 
+    reconcile = usage.add_parser(
+        "reconcile",
+        help="compare the ledger with Stripe's meter event summaries per customer; "
+        "exit 1 on any drift",
+    )
+    reconcile.add_argument(
+        "--start", type=_iso_time, help="window start (ISO 8601, UTC if no zone)"
+    )
+    reconcile.add_argument("--end", type=_iso_time, help="window end (default: current periods)")
+    reconcile.add_argument(
+        "--drift-only", action="store_true", help="list only the customers that drift"
+    )
+    reconcile.set_defaults(handler=_usage_reconcile)
+
+    limits_commands = commands.add_parser("limits", help="customer limits").add_subparsers(
+        dest="limits_command", required=True
+    )
+    limits_set = limits_commands.add_parser("set", help="override a customer's limits")
+    limits_set.add_argument("--customer", required=True, help="the customer's Stripe id, cus_…")
+    limits_set.add_argument(
+        "--rate", help="e.g. 50/second or 6000/minute; none: no limit; default: METERAPI_RATE_LIMIT"
+    )
+    limits_set.add_argument("--spend-cap", help="monthly cap in minor units (cents), or none")
+    limits_set.set_defaults(handler=_limits_set)
+
     hooks = commands.add_parser("webhooks", help="the Stripe event inbox").add_subparsers(
         dest="webhooks_command", required=True
     )
@@ -290,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.set_defaults(handler=_keys_revoke)
     return parser
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

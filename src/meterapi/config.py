@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +18,29 @@ class ConfigError(ValueError):
     """The configuration cannot run safely; the message says what to set."""
 
 
+MIN_ADMIN_TOKEN_CHARS = 32
+RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE = re.compile(r"^([1-9][0-9]{0,8})/(second|minute|hour|day)$")
+
+
+def parse_rate_limit(text: str) -> tuple[int, int]:
+    """``"100/second"`` → (100, 1): a quota and its window in seconds; ValueError otherwise."""
+    match = _RATE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            "a rate limit is <count>/<second|minute|hour|day>, e.g. 100/second or 6000/minute"
+        )
+    return int(match.group(1)), RATE_WINDOWS[match.group(2)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="METERAPI_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="METERAPI_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        # A validation error names the variable, never its (possibly secret) value.
+        hide_input_in_errors=True,
     )
 
     database_url: str = "sqlite+aiosqlite:///./meterapi.db"
@@ -48,6 +69,8 @@ class Settings(BaseSettings):
     public_rate_limit: str = "20/minute"
     # Addresses whose X-Forwarded-For/-Proto are believed; empty: nobody's.
     trusted_proxies: Annotated[list[str], NoDecode] = []
+    admin_token: SecretStr | None = None
+    rate_limit: str | None = None
 
     @field_validator("cors_origins", "routers", "trusted_proxies", mode="before")
     @classmethod
@@ -84,6 +107,26 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must start with sk_test_, sk_live_, rk_test_ or rk_live_")
         return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_format(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_rate_limit(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _admin_token_long_enough(self) -> Settings:
+        # After validation, as a model check: the error then names the variable, never the value.
+        token = self.admin_token
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"METERAPI_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'); "
+                "unset it to turn the operator API off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secrets_that_go_together(self) -> Settings:

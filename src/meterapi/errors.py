@@ -149,3 +149,25 @@ class UpstreamTimeout(DomainError):
     status_code = 504
     code = "upstream_timeout"
     message = "The upstream API did not answer in time; the call was not billed."
+class InvalidAdminToken(DomainError):
+    status_code = 401
+    code = "invalid_admin_token"
+    message = "Send the operator token as Authorization: Bearer <METERAPI_ADMIN_TOKEN>."
+    headers = {"WWW-Authenticate": 'Bearer realm="admin"'}
+
+
+class ReportNotParked(DomainError):
+    status_code = 409
+    code = "report_not_parked"
+    message = "Only a parked usage report can be retried; this one is pending or sent."
+
+
+class EventAlreadyProcessed(DomainError):
+    status_code = 409
+    code = "event_already_processed"
+    message = "This Stripe event was processed already; replaying it would change nothing."
+
+
+class StripeRateLimited(StripeUnavailable):
+    code = "stripe_rate_limited"
+    message = "Stripe is rate limiting this account's requests; try again shortly."

@@ -248,3 +248,20 @@ class StripeEvent(SQLModel, table=True):
     failed_at: datetime | None = _at(nullable=True)
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=1000)
+
+
+class CustomerLimit(SQLModel, table=True):
+    """A customer's own limits, where they differ from the service's defaults (CONTRACT §7).
+
+    ``rate_limit_set`` false: ``METERAPI_RATE_LIMIT`` applies. True: ``rate_limit`` applies,
+    and NULL there means no rate limit at all. ``monthly_spend_cap`` is in the price's
+    currency's minor units; NULL is no cap.
+    """
+
+    __tablename__ = "customer_limit"
+
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    rate_limit_set: bool = False
+    rate_limit: str | None = Field(default=None, max_length=32)
+    monthly_spend_cap: int | None = Field(default=None, sa_column=Column(BigInteger()))
+    updated_at: datetime = _at(default_now=True)

@@ -13,6 +13,7 @@ from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
+from meterapi.metering.limits import Pricing
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
@@ -33,6 +34,7 @@ class Runtime:
     reporter: Reporter
     invoices: InvoicePreviews
     public_limit: PublicRateLimit
+    pricing: Pricing
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -64,6 +66,7 @@ class Runtime:
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
             public_limit=PublicRateLimit(settings.public_rate_limit),
+            pricing=Pricing(gateway, settings.stripe_price_id),
         )
 
     async def start(self) -> None:

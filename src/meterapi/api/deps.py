@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
@@ -16,8 +17,10 @@ from meterapi.errors import (
     AmbiguousApiKey,
     ApiKeyInQuery,
     DomainError,
+    InvalidAdminToken,
     KeyRotated,
     MissingApiKey,
+    NotFound,
 )
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
@@ -174,3 +177,36 @@ ApiKeyDep = Annotated[Principal, Security(_paid_access)]
 CustomerDep = Annotated[Principal, Security(_self_service)]
 # The same for reading only (GET /v1/keys, /v1/usage, /v1/limits): a rotated key may.
 CustomerReadDep = Annotated[Principal, Security(_self_service_read)]
+
+
+# -- the operator ------------------------------------------------------------------------------
+
+ADMIN_SCHEME = "AdminToken"
+
+
+class AdminAuth(HTTPBearer):
+    """The operator's bearer scheme in the OpenAPI document, and the check: the presented token
+    against ``METERAPI_ADMIN_TOKEN``, compared in constant time."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name=ADMIN_SCHEME,
+            description="The operator token, `METERAPI_ADMIN_TOKEN` (at least 32 characters).",
+            auto_error=False,
+        )
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        expected = runtime.settings.admin_token
+        if expected is None:  # the routes are not even mounted then; this is a second lock
+            raise NotFound()
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        given = presented.strip().encode("utf-8", errors="replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given, expected.get_secret_value().encode()
+        ):
+            raise InvalidAdminToken()
+
+
+# Declared on the operator routers; each route then shows the scheme in the document.
+ADMIN_AUTH = Security(AdminAuth())

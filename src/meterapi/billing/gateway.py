@@ -18,7 +18,13 @@ from typing import Any, cast
 import stripe
 
 from meterapi.config import EMULATOR_KEY, Settings
-from meterapi.errors import InvalidSignature, NotFound, StripeRejected, StripeUnavailable
+from meterapi.errors import (
+    InvalidSignature,
+    NotFound,
+    StripeRateLimited,
+    StripeRejected,
+    StripeUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,8 @@ class StripeGateway:
             max_network_retries=2,
         )
         self._unknown_sessions = ExpiringSet(ttl_s=UNKNOWN_SESSION_TTL_S, max_size=10_000)
+        self._meter_id: str | None = None
+        self._prices: dict[str, tuple[Decimal, str]] = {}
         secret = settings.stripe_webhook_secret
         self.webhook_secret = (
             secret.get_secret_value() if secret is not None else EMULATOR_WEBHOOK_SECRET
@@ -148,6 +156,14 @@ class StripeGateway:
 
     def __repr__(self) -> str:
         return f"StripeGateway(api_base={self.settings.stripe_api_base!r})"
+
+    def read_requests_per_second(self) -> float | None:
+        """A pace for bulk reads that stays under Stripe's limit (25/s in test mode, 100/s in
+        live mode, shared with everything else the account does); None for the emulator."""
+        key = self.settings.stripe_secret_key
+        if key is None:
+            return None
+        return 80.0 if "_live_" in key.get_secret_value() else 20.0
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
@@ -183,19 +199,69 @@ class StripeGateway:
             return MeterEventResult(Delivery.RETRY, _reason(exc))
         return MeterEventResult(Delivery.ACCEPTED)
 
-    async def meter_event_total(
+    async def find_meter_id(self) -> str:
+        """The active meter of the configured event name (looked up once, then remembered)."""
+        if self._meter_id is not None:
+            return self._meter_id
+        event_name = self.settings.stripe_meter_event_name
+        try:
+            meters = await self._client.v1.billing.meters.list_async(params={"limit": 100})
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "meter") from exc
+        for meter in meters.data:
+            if meter.event_name == event_name and meter.status == "active":
+                self._meter_id = meter.id
+                return meter.id
+        raise NotFound(f"No active Stripe meter has the event name {event_name!r}.")
+
+    async def meter_usage_total(
         self, *, meter_id: str, stripe_customer_id: str, start: datetime, end: datetime
     ) -> int:
-        """Stripe's summed value for a customer over [start, end), bounds on whole minutes."""
-        summaries = await self._client.v1.billing.meters.event_summaries.list_async(
-            meter_id,
-            params={
-                "customer": stripe_customer_id,
-                "start_time": int(start.timestamp()) // 60 * 60,
-                "end_time": -(-int(end.timestamp()) // 60) * 60,
-            },
-        )
-        return int(sum(s.aggregated_value for s in summaries.data))
+        """Stripe's summed value for a customer over [start, end), every page of summaries read.
+
+        The bounds are rounded outwards to whole minutes, as Stripe requires. One call per page,
+        none retried here: ``StripeRateLimited`` on a 429 lets the caller back off and pace.
+        """
+        params: dict[str, Any] = {
+            "customer": stripe_customer_id,
+            "start_time": int(start.timestamp()) // 60 * 60,
+            "end_time": -(-int(end.timestamp()) // 60) * 60,
+            "limit": 100,
+        }
+        total = Decimal(0)
+        while True:
+            try:
+                page = await self._client.v1.billing.meters.event_summaries.list_async(
+                    meter_id,
+                    params=params,  # type: ignore[arg-type]
+                    options={"max_network_retries": 0},
+                )
+            except stripe.RateLimitError as exc:
+                raise StripeRateLimited() from exc
+            except stripe.StripeError as exc:
+                raise _domain_error(exc, "meter event summary") from exc
+            total += sum((Decimal(str(s.aggregated_value)) for s in page.data), Decimal(0))
+            if not page.has_more or not page.data:
+                return int(total)
+            params["starting_after"] = page.data[-1].id
+
+    async def unit_price(self, price_id: str) -> tuple[Decimal, str]:
+        """The price's amount per unit (minor units, decimal) and currency, read once."""
+        cached = self._prices.get(price_id)
+        if cached is not None:
+            return cached
+        try:
+            price = await self._client.v1.prices.retrieve_async(price_id)
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "price") from exc
+        if price.unit_amount_decimal is not None:
+            amount = Decimal(str(price.unit_amount_decimal))
+        elif price.unit_amount is not None:
+            amount = Decimal(price.unit_amount)
+        else:  # tiered prices have no single unit amount
+            raise StripeRejected("The price has no single unit amount (tiered pricing).")
+        self._prices[price_id] = (amount, price.currency)
+        return amount, price.currency
 
     async def upcoming_invoice(
         self, *, stripe_customer_id: str, subscription_id: str | None

@@ -38,7 +38,13 @@ from meterapi.billing.subscriptions import (
     stripe_time,
     sync_subscription,
 )
-from meterapi.errors import DomainError, InvalidSignature, NotFound, StripeRejected
+from meterapi.errors import (
+    DomainError,
+    EventAlreadyProcessed,
+    InvalidSignature,
+    NotFound,
+    StripeRejected,
+)
 from meterapi.models import StripeEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -158,6 +164,43 @@ async def replay_unprocessed(
             )
         )
     return receipts
+
+
+async def list_failed(
+    session: AsyncSession, *, limit: int, starting_after: str | None
+) -> tuple[list[StripeEvent], bool]:
+    """Stored events whose handling failed (unprocessed, with an error), by id; and has_more."""
+    query = select(StripeEvent).where(
+        col(StripeEvent.processed_at).is_(None), col(StripeEvent.last_error).is_not(None)
+    )
+    if starting_after is not None:
+        query = query.where(col(StripeEvent.id) > starting_after)
+    rows = list((await session.exec(query.order_by(col(StripeEvent.id)).limit(limit + 1))).all())
+    return rows[:limit], len(rows) > limit
+
+
+async def replay_one(
+    session: AsyncSession, *, event_id: str, gateway: StripeGateway, price_id: str | None
+) -> Receipt:
+    """Handle one stored, unprocessed event again, through the same path as a delivery.
+
+    ``NotFound`` if it was never stored, ``EventAlreadyProcessed`` if it was handled already.
+    The row is locked while handled, so a concurrent delivery of the same event waits.
+    """
+    row = (
+        await session.exec(
+            select(StripeEvent).where(col(StripeEvent.id) == event_id).with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No such Stripe event.")
+    if row.processed_at is not None:
+        raise EventAlreadyProcessed()
+    row.attempts += 1
+    event = json.loads(row.payload)
+    return await _handle_taken(
+        session, event=event, event_id=row.id, gateway=gateway, price_id=price_id
+    )
 
 
 async def _take(
