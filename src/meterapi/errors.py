@@ -122,3 +122,9 @@ class StripeRejected(DomainError):
     status_code = 502
     code = "stripe_error"
     message = "Stripe refused the request."
+
+
+class AlreadyDelivered(DomainError):
+    status_code = 409
+    code = "already_delivered"
+    message = "This outbound event was already delivered."

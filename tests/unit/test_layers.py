@@ -1,5 +1,5 @@
 """Imports go one way (STYLE.md): cli → app → api, dashboard → metering → billing → keys →
-models, db → config, errors. Domain packages never import the web framework."""
+outbound → models, db → config, errors. Domain packages never import the web framework."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ RANKS = {
     "db": 1,
     "models": 1,
     "migrations": 1,
+    "outbound": 1.5,  # the outbox is written by keys and billing, so it sits below them
     "keys": 2,
     "billing": 3,
     "metering": 4,
@@ -25,7 +26,7 @@ RANKS = {
     "app": 7,
     "cli": 8,
 }
-DOMAIN = {"keys", "billing", "metering"}
+DOMAIN = {"keys", "billing", "metering", "outbound"}
 WEB_FRAMEWORKS = {"fastapi", "starlette"}
 
 
