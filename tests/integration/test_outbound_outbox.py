@@ -20,9 +20,10 @@ from meterapi.errors import AlreadyDelivered, NotFound, ValidationFailed
 from meterapi.keys import service as key_service
 from meterapi.models import Customer, OutboundEvent, OutboundStatus
 from meterapi.outbound import outbox
-from meterapi.outbound.delivery import Attempt, claim_due, settle
+from meterapi.outbound.delivery import Attempt, Deliverer, claim_due, settle
 from tests.integration.billing_support import PRICE, subscription
 from tests.integration.keys_support import headers, seed_customer, seed_customer_with_key
+from tests.integration.outbound_support import eventually
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -335,3 +336,23 @@ async def test_concurrent_claims_skip_what_another_holds(sessionmaker: Sessionma
         assert [c.event_id for c in taken] == [b_ids[0]]
         await second.commit()
         await first.commit()
+
+
+async def test_without_a_url_nothing_is_sent_and_old_events_expire(
+    sessionmaker: Sessionmaker,
+) -> None:
+    customer_id = await seed_customer(sessionmaker, stripe_customer_id="cus_nourl")
+    await write(sessionmaker, customer_id, 1, at=datetime.now(UTC) - timedelta(days=4))
+    await write(sessionmaker, customer_id, 1, at=datetime.now(UTC))
+    deliverer = Deliverer(sessionmaker, url=None, secret=None)
+    assert not deliverer.enabled
+    deliverer.start()  # housekeeping runs at start, then every few minutes
+
+    async def expired() -> bool:
+        return (await events(sessionmaker))[0].status == "failed"
+
+    await eventually(expired, within=10)
+    await deliverer.stop()
+    old, recent = await events(sessionmaker)
+    assert old.last_error is not None and "METERAPI_WEBHOOK_URL" in old.last_error
+    assert old.attempts == 0 and recent.status == "pending" and recent.attempts == 0

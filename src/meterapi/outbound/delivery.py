@@ -224,13 +224,15 @@ class Deliverer:
             self._stop.clear()
             self._task = asyncio.create_task(self._run(), name="meterapi-outbound")
 
-    async def stop(self) -> None:
-        """Let an attempt in flight finish (bounded); leases left behind simply run out."""
+    async def stop(self, *, grace_s: float = 2.0) -> None:
+        """Let a round in flight finish for ``grace_s``, then abandon it: its leases run out and
+        those events are sent again (same ``webhook-id``) by another process or the next start.
+        Short, so that shutdown time goes to flushing usage to Stripe."""
         self._stop.set()
         self._wakeup.set()
         if self._task is not None:
             try:
-                async with asyncio.timeout(self.timeout_s + 2):
+                async with asyncio.timeout(grace_s):
                     await self._task
             except TimeoutError:
                 self._task.cancel()
