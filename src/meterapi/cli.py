@@ -26,6 +26,7 @@ from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.metering import limits, reconcile_report
 from meterapi.metering.reconcile import Drift, Reconciler
+from meterapi.outbound import outbox
 from meterapi.runtime import Runtime
 from meterapi.stripe_emulator import command as emulator_command
 
@@ -235,6 +236,46 @@ def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
     return _run_printing(replay)
 
 
+def _outbound_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def listing() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                events, has_more = await outbox.list_events(
+                    session,
+                    status=args.status,
+                    limit=args.limit,
+                    starting_after=args.starting_after,
+                )
+        finally:
+            await engine.dispose()
+        header = f"{'ID':<36}  {'TYPE':<27}  {'CUSTOMER':<20}  {'STATUS':<9}  TRIES"
+        lines = [header + f"  {'CREATED':<20}  ERROR"]
+        lines += [
+            f"{e.id:<36}  {e.type:<27}  {e.customer_id:<20}  {e.status:<9}  {e.attempts:>5}  "
+            f"{e.created_at:%Y-%m-%dT%H:%M:%SZ}  {e.last_error or ''}"
+            for e in events
+        ]
+        if has_more:
+            lines.append(f"(more: --starting-after {events[-1].id})")
+        return "\n".join(lines)
+
+    return _run_printing(listing)
+
+
+def _outbound_retry(args: argparse.Namespace, settings: Settings) -> int:
+    async def retry() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                event = await outbox.retry(session, event_id=args.event_id)
+        finally:
+            await engine.dispose()
+        return f"{event.id} will be sent again (a running service picks it up within a second)"
+
+    return _run_printing(retry)
+
+
 def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> int:
     return emulator_command.run(args)
 
@@ -358,11 +399,26 @@ def build_parser() -> argparse.ArgumentParser:
     limits_set.add_argument("--spend-cap", help="monthly cap in minor units (cents), or none")
     limits_set.set_defaults(handler=_limits_set)
 
-    hooks = commands.add_parser("webhooks", help="the Stripe event inbox").add_subparsers(
-        dest="webhooks_command", required=True
-    )
+    hooks = commands.add_parser(
+        "webhooks", help="the Stripe event inbox, and outbound webhooks"
+    ).add_subparsers(dest="webhooks_command", required=True)
     replay = hooks.add_parser("replay", help="handle again the stored events whose handling failed")
     replay.set_defaults(handler=_webhooks_replay)
+    outbound = hooks.add_parser(
+        "outbound", help="events sent to METERAPI_WEBHOOK_URL"
+    ).add_subparsers(dest="outbound_command", required=True)
+    listing = outbound.add_parser("list", help="list outbound events, newest first")
+    listing.add_argument(
+        "--status", choices=sorted(outbox.STATUS_FILTERS), help="only events in this state"
+    )
+    listing.add_argument("--limit", type=int, default=20, help="1-100")
+    listing.add_argument("--starting-after", help="an event id from the previous page")
+    listing.set_defaults(handler=_outbound_list)
+    again = outbound.add_parser(
+        "retry", help="send an undelivered event again, under the same webhook-id"
+    )
+    again.add_argument("event_id", help="the event's id, msg_…")
+    again.set_defaults(handler=_outbound_retry)
 
     stripe = commands.add_parser("stripe", help="the Stripe account").add_subparsers(
         dest="stripe_command", required=True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+import base64
+import binascii
 from typing import Annotated
 
 from limits import parse
@@ -11,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STRIPE_API_BASE = "https://api.stripe.com"
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+MIN_WEBHOOK_SECRET_BYTES = 16
 EMULATOR_KEY = "sk_test_emulator"
 
 
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     admin_token: SecretStr | None = None
     rate_limit: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    # Outbound delivery's pace (CONTRACT §8 fixes the defaults; tests shorten them).
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_first_retry_s: float = Field(default=5.0, gt=0, le=10)
+    webhook_poll_s: float = Field(default=1.0, gt=0, le=1)
 
     @field_validator("cors_origins", "routers", "trusted_proxies", mode="before")
     @classmethod
@@ -125,6 +135,40 @@ class Settings(BaseSettings):
                 f"METERAPI_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'); "
                 "unset it to turn the operator API off"
+            )
+        return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # an empty line in .env means unset
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        secret = value.get_secret_value()
+        if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+            raise ValueError(f"must look like {WEBHOOK_SECRET_PREFIX}<base64>")
+        try:
+            key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"must look like {WEBHOOK_SECRET_PREFIX}<base64>") from None
+        if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+            raise ValueError(f"must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes after whsec_")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_url_needs_a_secret(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ConfigError(
+                "METERAPI_WEBHOOK_URL is set, so METERAPI_WEBHOOK_SECRET (whsec_<base64>) "
+                "must be set too"
             )
         return self
 

@@ -171,3 +171,7 @@ class EventAlreadyProcessed(DomainError):
 class StripeRateLimited(StripeUnavailable):
     code = "stripe_rate_limited"
     message = "Stripe is rate limiting this account's requests; try again shortly."
+class AlreadyDelivered(DomainError):
+    status_code = 409
+    code = "already_delivered"
+    message = "This outbound event was already delivered."

@@ -265,3 +265,43 @@ class CustomerLimit(SQLModel, table=True):
     rate_limit: str | None = Field(default=None, max_length=32)
     monthly_spend_cap: int | None = Field(default=None, sa_column=Column(BigInteger()))
     updated_at: datetime = _at(default_now=True)
+class OutboundStatus(StrEnum):
+    PENDING = "pending"  # to be sent (again) at next_attempt_at
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # not delivered within the retry window: needs an operator
+    GONE = "gone"  # the receiver answered 410 Gone: not retried
+
+
+class OutboundEvent(SQLModel, table=True):
+    """The outbox of outbound webhooks: written in the transaction of the change it announces,
+    then delivered (at least once, under the same ``event_id``) by the background deliverer."""
+
+    __tablename__ = "outbound_event"
+    __table_args__ = (
+        Index("ix_outbound_event_due", "status", "next_attempt_at"),
+        # A customer's undelivered events in order: only the earliest of them may be sent.
+        Index(
+            "ix_outbound_event_pending_customer",
+            "customer_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    # Sent as `webhook-id`, the same on every attempt: receivers dedupe by it.
+    event_id: str = Field(max_length=40, unique=True)
+    type: str = Field(max_length=100)
+    customer_id: int = Field(foreign_key="customer.id")
+    payload: str  # the exact JSON body sent, {"type", "timestamp", "data"}
+    status: str = Field(default=OutboundStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _at(default_now=True)
+    give_up_at: datetime = _at()
+    # The lease of the deliverer sending it now; another may take it over once it has passed.
+    claimed_until: datetime | None = _at(nullable=True)
+    claimed_by: str | None = Field(default=None, max_length=40)
+    last_error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _at(default_now=True, index=True)
+    delivered_at: datetime | None = _at(nullable=True)

@@ -1,5 +1,5 @@
 """Imports go one way (STYLE.md): cli → app → api, dashboard → metering → billing → keys →
-models, db → config, errors. Domain packages never import the web framework."""
+outbound → models, db → config, errors. Domain packages never import the web framework."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ RANKS: dict[str, float] = {
     "models": 1,
     "migrations": 1,
     "alembic": 1,  # the migration scripts, shipped in the package
+    "outbound": 1.5,  # the outbox is written by keys and billing, so it sits below them
     "keys": 2,
     "billing": 3,
     "metering": 4,
@@ -28,7 +29,7 @@ RANKS: dict[str, float] = {
     "cli": 8,
     "emulator_mode": 8,  # `meterapi serve` without a Stripe key; used by cli only
 }
-DOMAIN = {"keys", "billing", "metering"}
+DOMAIN = {"keys", "billing", "metering", "outbound"}
 WEB_FRAMEWORKS = {"fastapi", "starlette"}
 
 

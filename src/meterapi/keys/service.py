@@ -2,7 +2,8 @@
 
 Services take the session first and keyword-only arguments, ``flush()`` only and never commit:
 the caller's unit of work decides. Key and access changes call ``invalidation.bump`` in the same
-transaction, so every process's cache forgets the old state once it commits.
+transaction, so every process's cache forgets the old state once it commits; issuing and revoking
+a key write ``key.created`` / ``key.revoked`` to the outbound outbox in that transaction too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from meterapi.keys import access, hashing, invalidation
 from meterapi.keys import format as key_format
 from meterapi.keys.cache import CustomerEntry, KeyCache, KeyEntry
 from meterapi.models import ApiKey, Customer, utcnow
+from meterapi.outbound import outbox
 
 DEFAULT_GRACE_SECONDS = 3600
 
@@ -85,6 +87,13 @@ async def issue(
     )
     session.add(key)
     await session.flush()
+    await outbox.enqueue(
+        session,
+        type=outbox.EventType.KEY_CREATED,
+        customer_id=customer_id,
+        data={"key": outbox.key_public(key)},
+        now=now,
+    )
     return key, plaintext
 
 
@@ -183,6 +192,13 @@ async def revoke(
     session.add(key)
     await invalidation.bump(session, key_id=key.id)
     await session.flush()
+    await outbox.enqueue(
+        session,
+        type=outbox.EventType.KEY_REVOKED,
+        customer_id=key.customer_id,
+        data={"key": outbox.key_public(key)},
+        now=now,
+    )
     return key
 
 
