@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 import base64
 import binascii
+import re
+from pathlib import Path
 from typing import Annotated
 
 from limits import parse

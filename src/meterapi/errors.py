@@ -149,6 +149,8 @@ class UpstreamTimeout(DomainError):
     status_code = 504
     code = "upstream_timeout"
     message = "The upstream API did not answer in time; the call was not billed."
+
+
 class InvalidAdminToken(DomainError):
     status_code = 401
     code = "invalid_admin_token"
@@ -171,6 +173,8 @@ class EventAlreadyProcessed(DomainError):
 class StripeRateLimited(StripeUnavailable):
     code = "stripe_rate_limited"
     message = "Stripe is rate limiting this account's requests; try again shortly."
+
+
 class AlreadyDelivered(DomainError):
     status_code = 409
     code = "already_delivered"

@@ -265,6 +265,8 @@ class CustomerLimit(SQLModel, table=True):
     rate_limit: str | None = Field(default=None, max_length=32)
     monthly_spend_cap: int | None = Field(default=None, sa_column=Column(BigInteger()))
     updated_at: datetime = _at(default_now=True)
+
+
 class OutboundStatus(StrEnum):
     PENDING = "pending"  # to be sent (again) at next_attempt_at
     DELIVERED = "delivered"  # the receiver answered 2xx
