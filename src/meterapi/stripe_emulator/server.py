@@ -77,6 +77,9 @@ class EmulatorServer:
         config = uvicorn.Config(
             self.app,
             log_level="warning",
+            # Beside `meterapi serve` it shares uvicorn's loggers: its request lines (which
+            # carry Checkout Session ids) would mix into the service's log.
+            access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
