@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import exc as sa_exc
 
 from meterapi.app import create_app
+from meterapi.billing.claim import claim_token
 from meterapi.db import make_engine
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import make_settings, stripe_settings
@@ -177,11 +178,15 @@ async def test_an_unknown_session_is_answered_from_memory_for_a_while(
         "latency", "/v1/checkout/sessions/*", method="GET", seconds=0, count=None
     )
     settings = stripe_settings(db_url, stripe_emulator, stripe_price)
+    guessed = "cs_test_guessed_123"
+    # A claim whose token does not match never reaches Stripe; one whose token matches (as if
+    # the pepper had leaked) reaches it once, then the unknown id is answered from memory.
+    token = claim_token(guessed, pepper=settings.pepper_bytes())
     async with served(create_app(settings)) as app, client_from(app) as client:
-        for _ in range(3):
-            response = await client.post(
-                "/v1/keys/claim", json={"checkout_session_id": "cs_test_guessed_123"}
-            )
+        for body in [{"checkout_session_id": guessed}] * 2 + [
+            {"checkout_session_id": guessed, "claim_token": token}
+        ] * 3:
+            response = await client.post("/v1/keys/claim", json=body)
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "not_found"
     rules = (await emulator_control._call("GET", "/faults"))["data"]
