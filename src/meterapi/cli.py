@@ -32,6 +32,7 @@ Command = Callable[[argparse.Namespace, Any], int]
 
 
 EMULATOR_PORT = 12111
+WORKER_STARTUP_TIMEOUT_S = 60
 EMULATOR_BANNER = """
   ======================================================================
    EMULATOR MODE: no METERAPI_STRIPE_SECRET_KEY is set.
@@ -110,6 +111,10 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         proxy_headers=True,
         log_level="info",
         timeout_graceful_shutdown=20,
+        # A worker imports the whole service before it answers uvicorn's health check; on a
+        # loaded machine that takes longer than uvicorn's 5 s, and the worker is killed and
+        # restarted for ever.
+        timeout_worker_healthcheck=WORKER_STARTUP_TIMEOUT_S,
     )
 
 
