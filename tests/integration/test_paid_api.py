@@ -238,7 +238,9 @@ def collides(path: str, method: str = "GET") -> APIRouter:
         ("/v1/data", "GET", "GET /v1/data collides"),
         ("/v1/keys", "POST", "POST /v1/keys collides"),
         ("/v1/keys/{key_id}", "DELETE", "DELETE /v1/keys/{key_id} collides"),
-        ("/v1/keys/mine", "DELETE", "already answered by /v1/keys/{key_id}"),
+        ("/v1/keys/mine", "DELETE", "DELETE /v1/keys/mine overlaps /v1/keys/{key_id}"),
+        ("/v1/{anything}", "GET", "GET /v1/{anything} overlaps /v1/data"),
+        ("/dashboard/assets/{file}", "GET", "overlaps /dashboard/assets/"),
     ],
 )
 def test_a_route_colliding_with_a_built_in_one_stops_the_start(
