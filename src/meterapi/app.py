@@ -8,16 +8,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
-from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.paid import UsageRecording
 from meterapi.api.plugins import check_routers, load_routers
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
+from meterapi.dashboard import admin_router
 from meterapi.dashboard import router as dashboard_router
+from meterapi.gateway import Gateway
 from meterapi.runtime import Runtime
 
 # How many more container objects may be allocated than freed before the youngest generation is
@@ -38,10 +41,13 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     settings = settings or Settings()
     plugins = load_routers(settings.routers)  # before any work: a bad name stops the start
     runtime = Runtime.build(settings)
+    gateway = Gateway.from_settings(settings)  # checks the gateway file before anything runs
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        if gateway is not None:
+            await gateway.start()
         # Everything alive now (modules, the app, pools, caches) lives as long as the process:
         # keep it out of the collector's full passes. Without this, under load each full
         # collection walked ~130,000 objects for tens of milliseconds, about once a second on
@@ -55,7 +61,11 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()  # what this app pinned can be collected again once it is gone
-            await runtime.close()
+            try:
+                if gateway is not None:
+                    await gateway.close()
+            finally:
+                await runtime.close()
 
     app = FastAPI(
         title="meterapi",
@@ -63,6 +73,9 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         summary="A usage-billed API, metered into Stripe Billing Meters.",
         lifespan=lifespan,
         docs_url=None,  # /docs is served by the dashboard room, with Swagger UI from this host
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header, which
+        # anyone can set: no redirects to elsewhere (the dashboard serves both spellings).
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
@@ -70,6 +83,9 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     # The claim route before the keys router: /v1/keys/claim is not a key id.
     free = [claim.router, keys.router, usage.router, billing.router, webhooks.router]
     free.append(dashboard_router)
+    if settings.admin_token is not None:
+        # Without a token nothing under /admin exists: every path there is a plain 404.
+        free.extend([admin.router, admin_ops.router, admin_router])
     given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
     plugins = [*given, *plugins]
     built_in = [
@@ -80,6 +96,8 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     # Paid routes first: FastAPI tries included routers in order, each passed costs time.
     for router in [ops.router, *paid, *(router for _, router in plugins), *free]:
         app.include_router(router)
+    if gateway is not None:
+        gateway.mount(app)  # after the built-in routes, which it may not shadow
     # Innermost: it sees the response the route produced, and the layers above see its 503.
     app.add_middleware(
         UsageRecording, recorder=runtime.recorder, recorded=runtime.metrics.units_recorded
@@ -93,4 +111,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTiming, histogram=runtime.metrics.request_latency)
+    if settings.trusted_proxies:
+        # Outermost: every layer (limits, logs) sees the client the trusted proxy names.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -22,17 +22,26 @@ def free_port() -> int:
 class ServiceProcess:
     """``python -m uvicorn meterapi.app:create_app --factory`` with the given environment."""
 
-    def __init__(self, env: dict[str, str], *, log_path: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], *, log_path: Path, workers: int = 1, cli: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.workers = workers
+        self.cli = cli  # `meterapi serve` itself (migrations, emulator, its logging) if True
         self.process: subprocess.Popen[bytes] | None = None
 
     cwd: Path | None = None
 
     def command(self) -> list[str]:
+        if self.cli:
+            return [
+                sys.executable, "-m", "meterapi.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(self.workers),
+                "--emulator-state", str(self.log_path.with_suffix(".emulator.json")),
+            ]  # fmt: skip
         return [
             sys.executable, "-m", "uvicorn", "meterapi.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
