@@ -12,10 +12,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
 from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api.direct import check_direct_routes
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.paid import UsageRecording
-from meterapi.api.plugins import include_routers, load_routers
+from meterapi.api.plugins import check_routers, load_routers
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
 from meterapi.dashboard import admin_router
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     gateway = Gateway.from_settings(settings)  # checks the gateway file before anything runs
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        check_direct_routes(app_)
         await runtime.start()
         if gateway is not None:
             await gateway.start()
@@ -79,25 +81,26 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.include_router(ops.router)
-    if settings.example_routes:
-        app.include_router(data.router)  # the paid route first: matched on every paid request
+    paid = [data.router] if settings.example_routes else []
     # The claim route before the keys router: /v1/keys/claim is not a key id.
-    app.include_router(claim.router)
-    app.include_router(keys.router)
-    app.include_router(usage.router)
-    app.include_router(billing.router)
-    app.include_router(webhooks.router)
-    app.include_router(dashboard_router)
+    free = [claim.router, keys.router, usage.router, billing.router, webhooks.router]
+    free.append(dashboard_router)
     if settings.admin_token is not None:
         # Without a token nothing under /admin exists: every path there is a plain 404.
-        app.include_router(admin.router)
-        app.include_router(admin_ops.router)
-        app.include_router(admin_router)
+        free.extend([admin.router, admin_ops.router, admin_router])
     given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
-    include_routers(app, [*given, *plugins])
+    plugins = [*given, *plugins]
+    built_in = [
+        *app.router.routes,
+        *(r for router in [ops.router, *paid, *free] for r in router.routes),
+    ]
+    check_routers(built_in, plugins)  # so no order between them can change what answers
+    # Paid routes first: FastAPI tries included routers in order, each passed costs time.
+    for router in [ops.router, *paid, *(router for _, router in plugins), *free]:
+        app.include_router(router)
     if gateway is not None:
         gateway.mount(app)  # after the built-in routes, which it may not shadow
+    check_direct_routes(app)  # and again at start, for routes added to the app since
     # Innermost: it sees the response the route produced, and the layers above see its 503.
     app.add_middleware(
         UsageRecording, recorder=runtime.recorder, recorded=runtime.metrics.units_recorded

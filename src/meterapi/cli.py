@@ -35,6 +35,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 Command = Callable[[argparse.Namespace, Any], int]
 
 
+WORKER_STARTUP_TIMEOUT_S = 60
+
 # Libraries that log every request at INFO; their lines would bury what the service says.
 QUIET_LOGGERS = ("stripe", "httpx", "httpcore", "hpack", "asyncio", "aiosqlite", "alembic")
 
@@ -87,6 +89,10 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         access_log=False,
         log_config=_log_config(),
         timeout_graceful_shutdown=20,
+        # A worker imports the whole service before it answers uvicorn's health check; on a
+        # loaded machine that takes longer than uvicorn's 5 s, and the worker is killed and
+        # restarted for ever.
+        timeout_worker_healthcheck=WORKER_STARTUP_TIMEOUT_S,
     )
 
 
