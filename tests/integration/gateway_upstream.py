@@ -53,6 +53,8 @@ async def echo(request: Request) -> Response:
         "Keep-Alive": "timeout=5",
         "Proxy-Authenticate": "Basic",
     }
+    if "cookie" in request.query_params:
+        headers["Set-Cookie"] = f"session={request.query_params['cookie']}; Path=/"
     if "units" in request.query_params:
         headers["X-Meterapi-Units"] = request.query_params["units"]
     status = int(request.query_params.get("status", "200"))

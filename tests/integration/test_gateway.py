@@ -138,6 +138,17 @@ async def test_a_non_bearer_authorization_reaches_the_upstream(client: httpx.Asy
     assert ["authorization", "Basic dXA6c3RyZWFt"] in response.json()["headers"]
 
 
+async def test_cookies_pass_through_and_are_never_kept(client: httpx.AsyncClient) -> None:
+    response = await client.get("/echo/login", params={"cookie": "alice"})
+    assert response.headers["set-cookie"] == "session=alice; Path=/"
+    client.cookies.clear()
+    # The gateway's one client serves every customer: what the upstream set is not replayed.
+    later = await client.get("/echo/other")
+    assert "cookie" not in [name for name, _ in later.json()["headers"]]
+    sent = await client.get("/echo/mine", headers={"Cookie": "session=bob"})
+    assert ["cookie", "session=bob"] in sent.json()["headers"]
+
+
 async def test_units_from_the_upstream(
     client: httpx.AsyncClient, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
