@@ -27,6 +27,7 @@ import stripe
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from bench.cpu import postgres_backends
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.models import Customer, UsageEvent, UsageReport
 from meterapi.stripe_emulator import EmulatorControl
@@ -159,6 +160,7 @@ class Stack:
     """Owns every process and the database it creates; ``close()`` releases them all."""
 
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="meterapi-bench-")))
+    sqlite: bool = False  # a SQLite file in the work directory instead of PostgreSQL
     database: str | None = None
     database_url: str = ""
     emulator: Proc | None = None
@@ -194,9 +196,18 @@ class Stack:
     # -- the parts ------------------------------------------------------------------------------
 
     def create_database(self) -> str:
+        if self.sqlite:
+            self.database_url = f"sqlite+aiosqlite:///{self.workdir / 'bench.db'}"
+            return self.database_url
         self.database = f"meterapi_bench_{os.getpid()}_{int(time.time())}"
         self.database_url = create_database(self.database)
         return self.database_url
+
+    def database_pids(self) -> Callable[[], list[int]] | None:
+        """The database's processes serving this stack (None: inside the service, SQLite)."""
+        if self.database is None:
+            return None
+        return postgres_backends(PG_ADMIN, self.database)
 
     def start_emulator(self) -> Proc:
         port = free_port()

@@ -8,15 +8,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
-from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.paid import UsageRecording
-from meterapi.api.plugins import include_routers, load_routers
+from meterapi.api.plugins import check_routers, load_routers
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
+from meterapi.dashboard import admin_router
 from meterapi.dashboard import router as dashboard_router
 from meterapi.gateway import Gateway
 from meterapi.runtime import Runtime
@@ -71,21 +73,29 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         summary="A usage-billed API, metered into Stripe Billing Meters.",
         lifespan=lifespan,
         docs_url=None,  # /docs is served by the dashboard room, with Swagger UI from this host
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header, which
+        # anyone can set: no redirects to elsewhere (the dashboard serves both spellings).
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.include_router(ops.router)
-    if settings.example_routes:
-        app.include_router(data.router)  # the paid route first: matched on every paid request
+    paid = [data.router] if settings.example_routes else []
     # The claim route before the keys router: /v1/keys/claim is not a key id.
-    app.include_router(claim.router)
-    app.include_router(keys.router)
-    app.include_router(usage.router)
-    app.include_router(billing.router)
-    app.include_router(webhooks.router)
-    app.include_router(dashboard_router)
+    free = [claim.router, keys.router, usage.router, billing.router, webhooks.router]
+    free.append(dashboard_router)
+    if settings.admin_token is not None:
+        # Without a token nothing under /admin exists: every path there is a plain 404.
+        free.extend([admin.router, admin_ops.router, admin_router])
     given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
-    include_routers(app, [*given, *plugins])
+    plugins = [*given, *plugins]
+    built_in = [
+        *app.router.routes,
+        *(r for router in [ops.router, *paid, *free] for r in router.routes),
+    ]
+    check_routers(built_in, plugins)  # so no order between them can change what answers
+    # Paid routes first: FastAPI tries included routers in order, each passed costs time.
+    for router in [ops.router, *paid, *(router for _, router in plugins), *free]:
+        app.include_router(router)
     if gateway is not None:
         gateway.mount(app)  # after the built-in routes, which it may not shadow
     # Innermost: it sees the response the route produced, and the layers above see its 503.
@@ -101,4 +111,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTiming, histogram=runtime.metrics.request_latency)
+    if settings.trusted_proxies:
+        # Outermost: every layer (limits, logs) sees the client the trusted proxy names.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -37,7 +37,16 @@ class ApiKeyInQuery(DomainError):
 class AmbiguousApiKey(DomainError):
     status_code = 400
     code = "ambiguous_api_key"
-    message = "X-API-Key and Authorization: Bearer carry different keys; send one."
+    message = "The request carries two different API keys; send one."
+
+
+class KeyRotated(DomainError):
+    status_code = 403
+    code = "key_rotated"
+    message = (
+        "This key was rotated: until its grace period ends it may call the API and read, "
+        "nothing else. Use its replacement."
+    )
 
 
 class SubscriptionInactive(DomainError):
@@ -80,6 +89,12 @@ class CheckoutIncomplete(DomainError):
     status_code = 402
     code = "checkout_incomplete"
     message = "The Checkout Session is not complete."
+
+
+class CheckoutExpired(CheckoutIncomplete):
+    """Same code and status as an open session (CONTRACT §3); the message tells the buyer."""
+
+    message = "The Checkout Session expired before it was paid; start a new checkout."
 
 
 class AlreadyClaimed(DomainError):
@@ -134,3 +149,33 @@ class UpstreamTimeout(DomainError):
     status_code = 504
     code = "upstream_timeout"
     message = "The upstream API did not answer in time; the call was not billed."
+
+
+class InvalidAdminToken(DomainError):
+    status_code = 401
+    code = "invalid_admin_token"
+    message = "Send the operator token as Authorization: Bearer <METERAPI_ADMIN_TOKEN>."
+    headers = {"WWW-Authenticate": 'Bearer realm="admin"'}
+
+
+class ReportNotParked(DomainError):
+    status_code = 409
+    code = "report_not_parked"
+    message = "Only a parked usage report can be retried; this one is pending or sent."
+
+
+class EventAlreadyProcessed(DomainError):
+    status_code = 409
+    code = "event_already_processed"
+    message = "This Stripe event was processed already; replaying it would change nothing."
+
+
+class StripeRateLimited(StripeUnavailable):
+    code = "stripe_rate_limited"
+    message = "Stripe is rate limiting this account's requests; try again shortly."
+
+
+class AlreadyDelivered(DomainError):
+    status_code = 409
+    code = "already_delivered"
+    message = "This outbound event was already delivered."

@@ -22,22 +22,39 @@ def free_port() -> int:
 class ServiceProcess:
     """``python -m uvicorn meterapi.app:create_app --factory`` with the given environment."""
 
-    def __init__(self, env: dict[str, str], *, log_path: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], *, log_path: Path, workers: int = 1, cli: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.workers = workers
+        self.cli = cli  # `meterapi serve` itself (migrations, emulator, its logging) if True
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
-        command = [
+    cwd: Path | None = None
+
+    def command(self) -> list[str]:
+        if self.cli:
+            return [
+                sys.executable, "-m", "meterapi.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(self.workers),
+                "--emulator-state", str(self.log_path.with_suffix(".emulator.json")),
+            ]  # fmt: skip
+        return [
             sys.executable, "-m", "uvicorn", "meterapi.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
             "--log-level", "warning", "--timeout-graceful-shutdown", "20",
         ]  # fmt: skip
+
+    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        # Its own process group: a kill reaches the workers of a multi-worker server too.
+        self.process = subprocess.Popen(
+            self.command(), env=self.env, cwd=self.cwd, stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -54,7 +71,7 @@ class ServiceProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, nothing flushed."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
     def terminate(self, timeout_s: float = 30.0) -> bool:
@@ -65,3 +82,24 @@ class ServiceProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout_s) in (0, -signal.SIGTERM)
+
+
+class ServeCommand(ServiceProcess):
+    """``meterapi serve`` itself, run from ``cwd``: the command operators run, workers and all."""
+
+    def __init__(self, env: dict[str, str], *, log_path: Path, cwd: Path, workers: int = 1) -> None:
+        super().__init__(env, log_path=log_path, workers=workers)
+        self.cwd = cwd
+
+    def command(self) -> list[str]:
+        return [
+            str(Path(sys.executable).with_name("meterapi")), "serve",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+        ]  # fmt: skip
+
+    def run_to_exit(self, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run it expecting it not to start: its exit code and output."""
+        return subprocess.run(
+            self.command(), env=self.env, cwd=self.cwd, capture_output=True, text=True,
+            timeout=timeout_s, check=False,
+        )  # fmt: skip

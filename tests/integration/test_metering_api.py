@@ -12,7 +12,7 @@ from sqlmodel import func, select
 from meterapi import PaidCaller, Usage
 from meterapi.models import Customer, UsageEvent
 from meterapi.stripe_emulator import EmulatorControl
-from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key
+from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key, wrong_key
 
 
 async def subscribed_customer(
@@ -57,7 +57,7 @@ async def test_only_successful_calls_are_billed(
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
     refused = [
         await client.get("/v1/data"),
-        await client.get("/v1/data", headers=headers(key[:-1] + "x")),
+        await client.get("/v1/data", headers=headers(wrong_key(key))),
         await client.get("/v1/data", headers=headers(key), params={"api_key": key}),
         await client.get("/v1/keys", headers=headers(key)),  # free
         await client.get("/v1/usage", headers=headers(key)),  # free; caches a preview of 0

@@ -238,7 +238,9 @@ def collides(path: str, method: str = "GET") -> APIRouter:
         ("/v1/data", "GET", "GET /v1/data collides"),
         ("/v1/keys", "POST", "POST /v1/keys collides"),
         ("/v1/keys/{key_id}", "DELETE", "DELETE /v1/keys/{key_id} collides"),
-        ("/v1/keys/mine", "DELETE", "already answered by /v1/keys/{key_id}"),
+        ("/v1/keys/mine", "DELETE", "DELETE /v1/keys/mine overlaps /v1/keys/{key_id}"),
+        ("/v1/{anything}", "GET", "GET /v1/{anything} overlaps /v1/data"),
+        ("/dashboard/assets/{file}", "GET", "overlaps /dashboard/assets/"),
     ],
 )
 def test_a_route_colliding_with_a_built_in_one_stops_the_start(
@@ -298,3 +300,47 @@ async def test_routers_named_in_settings_are_served(settings: Settings, plugin_m
     app = create_app(settings.model_copy(update={"routers": [f"{plugin_module}:router"]}))
     async with serving(app) as client:
         assert (await client.get("/probe")).json() == {"ok": True}
+
+
+async def test_an_existing_fastapi_project_mounted_under_meterapi(settings: Settings) -> None:
+    """docs/selling-your-api.md: the project's paid routers go into meterapi, the rest of the
+    project is mounted behind it, and both lifespans run."""
+    started: list[str] = []
+
+    @asynccontextmanager
+    async def project_lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        started.append("project")
+        yield
+
+    project = FastAPI(lifespan=project_lifespan)
+
+    @project.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    paid = APIRouter()
+
+    @paid.get("/v1/premium")
+    async def premium(caller: PaidCaller, usage: Usage) -> dict[str, str]:
+        usage.charge(4)
+        return {"for": caller.customer_id}
+
+    app = create_app(settings, routers=[paid])
+    app.mount("/", project)  # after meterapi's routes: only what meterapi does not serve
+    meterapi_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def both(app_: FastAPI) -> AsyncIterator[None]:
+        async with meterapi_lifespan(app_), project.router.lifespan_context(project):
+            yield
+
+    app.router.lifespan_context = both
+    async with serving(app) as client:
+        key = await keyed(app)
+        assert (await client.get("/hello")).json() == {"hello": "world"}
+        assert (await client.get("/v1/premium", headers=headers(key))).json() == {
+            "for": "cus_words"
+        }
+        assert (await client.get("/healthz")).status_code == 200
+        assert await ledger_units(app) == 4
+    assert started == ["project"]

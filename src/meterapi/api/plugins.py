@@ -1,9 +1,9 @@
 """Plug-in routers: the operator's own paid API, served beside meterapi's (CONTRACT §6).
 
 ``METERAPI_ROUTERS=yourpkg.api:router,other.mod:router`` names them; ``load_router`` imports one,
-``include_routers`` adds them after the built-in routes, refusing a route that one of those (or an
-earlier plug-in) already answers. Every problem is a ``RouterError`` whose message is one line
-naming the import string, for the start to print and stop on.
+``check_routers`` refuses a route that overlaps a built-in one (or an earlier plug-in's). Every
+problem is a ``RouterError`` whose message is one line naming the import string, for the start
+to print and stop on.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import importlib
 import re
 from collections.abc import Iterable, Sequence
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from fastapi.routing import RouteContext, iter_route_contexts
+from starlette.routing import BaseRoute
 
 from meterapi.config import ConfigError
 
@@ -51,15 +52,19 @@ def load_routers(specs: Iterable[str]) -> list[tuple[str, APIRouter]]:
     return [(spec, load_router(spec)) for spec in specs]
 
 
-def include_routers(app: FastAPI, routers: Sequence[tuple[str, APIRouter]]) -> None:
-    """Add each router's routes after those already in ``app``, refusing collisions."""
+def check_routers(served: Sequence[BaseRoute], routers: Sequence[tuple[str, APIRouter]]) -> None:
+    """Refuse a plug-in route that would answer a request meant for one of ``served`` (or of an
+    earlier plug-in), or whose requests one of them would answer: the same method, and the same
+    path, or a path that the other route's pattern matches. Plug-in routes are then safe to try
+    before the built-in ones, where a paid request finds its route sooner."""
+    taken = list(iter_route_contexts(served))
     for name, router in routers:
-        taken = list(iter_route_contexts(app.router.routes))
-        for route in iter_route_contexts(router.routes):
+        mine = list(iter_route_contexts(router.routes))
+        for route in mine:
             clash = _collision(route, taken)
             if clash:
                 raise RouterError(f"{name}: {clash}")
-        app.include_router(router)
+        taken.extend(mine)
 
 
 def _collision(route: RouteContext, taken: Sequence[RouteContext]) -> str | None:
@@ -74,8 +79,16 @@ def _collision(route: RouteContext, taken: Sequence[RouteContext]) -> str | None
             continue
         if other.path == route.path:
             return f"{shared[0]} {route.path} collides with a route meterapi already serves"
-        if "{" not in route.path and other.path_regex.match(route.path):
-            # A literal path that an earlier route (with parameters) matches would never be
-            # reached: routes are tried in order.
-            return f"{shared[0]} {route.path} is already answered by {other.path}"
+        if other.path_regex.match(_example(route.path)) or route.path_regex.match(
+            _example(other.path)
+        ):
+            return f"{shared[0]} {route.path} overlaps {other.path}, which meterapi already serves"
     return None
+
+
+def _example(path: str) -> str:
+    """A concrete path the template matches (each parameter replaced by a sample value)."""
+    return _PARAMETER.sub("x", path)
+
+
+_PARAMETER = re.compile(r"\{[^}]*\}")

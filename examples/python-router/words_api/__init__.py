@@ -1,0 +1,1 @@
+"""An example paid API served by meterapi: a text endpoint billed per word."""
