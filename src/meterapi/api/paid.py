@@ -140,7 +140,7 @@ async def _usage(request: Request) -> UsageMeter:
     return usage_of(request)
 
 
-PaidCaller = Annotated[Caller, Security(_PaidAccess(require_access=True))]
+PaidCaller = Annotated[Caller, Security(_PaidAccess(require_access=True, allow_rotated=True))]
 Usage = Annotated[UsageMeter, Depends(_usage)]
 
 
