@@ -9,8 +9,9 @@ worker) in front of it, with a paying customer's key. It measures:
 2. the latency the gateway adds at half its saturation rate (open loop at that rate, p50 through
    the gateway minus p50 straight to the upstream at the same rate);
 3. the gateway's resident memory while a slow client reads a 10 MB streamed response through it
-   (before, peak sampled every 10 ms, after; and the kernel's high-water mark before and after):
-   a proxy that buffered would grow by the response's size.
+   (before, peak sampled every 10 ms, after; and the kernel's high-water mark before and after),
+   twice, then a 100 MB one: a proxy that buffered would grow by the response's size, so the
+   peak must not depend on it.
 
 Load comes from ``wrk`` when installed, else ``bench.loadgen`` (open loop is always loadgen).
 """
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         added = through_half.p50_ms - direct_half.p50_ms
         say(f"p50 added by the gateway at half load: {added:.2f} ms")
 
-        say("a 10 MB response streamed through the gateway to a slow reader")
-        memory = [stream_memory(gateway, key) for _ in range(3)]
+        say("10 MB responses, then 100 MB, streamed through the gateway to a slow reader")
+        memory = [stream_memory(gateway, key, mib=mib) for mib in (10, 10, 100)]
         for run in memory:
             say(json.dumps(run))
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "direct_p50_ms_half_load": round(direct_half.p50_ms, 3),
             "gateway_p50_ms_half_load": round(through_half.p50_ms, 3),
             "p50_added_ms": round(added, 3),
-            "stream_10mb": memory,
+            "stream_10_10_100_mib": memory,
             "gateway_errors": through.errors + through_half.errors,
             "gateway_non_2xx": through.other + through_half.other,
         }
