@@ -45,6 +45,7 @@ async def echo(request: Request) -> Response:
         "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
         "body_bytes": size,
         "body_sha256": digest.hexdigest(),
+        "client_port": request.scope["client"][1],  # the same on a reused connection
     }
     headers = {
         "X-Upstream": "echo",

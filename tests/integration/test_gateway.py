@@ -149,6 +149,11 @@ async def test_cookies_pass_through_and_are_never_kept(client: httpx.AsyncClient
     assert ["cookie", "session=bob"] in sent.json()["headers"]
 
 
+async def test_connections_to_the_upstream_are_reused(client: httpx.AsyncClient) -> None:
+    ports = {(await client.get(f"/echo/{n}")).json()["client_port"] for n in range(5)}
+    assert len(ports) == 1  # one pooled connection, kept alive between calls
+
+
 async def test_units_from_the_upstream(
     client: httpx.AsyncClient, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
