@@ -122,7 +122,7 @@ async def paying_customer(db_url: str, sdk: stripe.StripeClient) -> Payer:
     return Payer(stripe_customer.id, key.id, plaintext)
 
 
-def gateway_file(tmp_path: Path, *, timeout_s: float = 1.0) -> Path:
+def gateway_file(tmp_path: Path, *, timeout_s: float = 3.0) -> Path:
     path = tmp_path / "gateway.toml"
     path.write_text(GATEWAY_TOML.format(timeout_s=timeout_s))
     return path

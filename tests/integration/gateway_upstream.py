@@ -45,6 +45,7 @@ async def echo(request: Request) -> Response:
         "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
         "body_bytes": size,
         "body_sha256": digest.hexdigest(),
+        "client_port": request.scope["client"][1],  # the same on a reused connection
     }
     headers = {
         "X-Upstream": "echo",
@@ -53,6 +54,8 @@ async def echo(request: Request) -> Response:
         "Keep-Alive": "timeout=5",
         "Proxy-Authenticate": "Basic",
     }
+    if "cookie" in request.query_params:
+        headers["Set-Cookie"] = f"session={request.query_params['cookie']}; Path=/"
     if "units" in request.query_params:
         headers["X-Meterapi-Units"] = request.query_params["units"]
     status = int(request.query_params.get("status", "200"))

@@ -49,7 +49,7 @@ def serve(
         db_url,
         emulator,
         price,
-        gateway_file=gateway_file(tmp_path, timeout_s=1.0),
+        gateway_file=gateway_file(tmp_path, timeout_s=3.0),
         upstream_url=upstream_url,
         upstream_secret=SECRET,
         max_body_bytes=MAX_BODY,
@@ -138,6 +138,22 @@ async def test_a_non_bearer_authorization_reaches_the_upstream(client: httpx.Asy
     assert ["authorization", "Basic dXA6c3RyZWFt"] in response.json()["headers"]
 
 
+async def test_cookies_pass_through_and_are_never_kept(client: httpx.AsyncClient) -> None:
+    response = await client.get("/echo/login", params={"cookie": "alice"})
+    assert response.headers["set-cookie"] == "session=alice; Path=/"
+    client.cookies.clear()
+    # The gateway's one client serves every customer: what the upstream set is not replayed.
+    later = await client.get("/echo/other")
+    assert "cookie" not in [name for name, _ in later.json()["headers"]]
+    sent = await client.get("/echo/mine", headers={"Cookie": "session=bob"})
+    assert ["cookie", "session=bob"] in sent.json()["headers"]
+
+
+async def test_connections_to_the_upstream_are_reused(client: httpx.AsyncClient) -> None:
+    ports = {(await client.get(f"/echo/{n}")).json()["client_port"] for n in range(5)}
+    assert len(ports) == 1  # one pooled connection, kept alive between calls
+
+
 async def test_units_from_the_upstream(
     client: httpx.AsyncClient, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -224,7 +240,7 @@ async def test_refusals_reach_no_upstream_and_cost_nothing(
 async def test_an_upstream_too_slow_is_504_and_not_billed(
     client: httpx.AsyncClient, db_url: str
 ) -> None:
-    response = await client.get("/slow", params={"s": "5"})  # timeout_s = 1
+    response = await client.get("/slow", params={"s": "15"})  # timeout_s = 3
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
     assert await ledger_total(db_url) == 0
@@ -299,7 +315,7 @@ async def test_stripe_total_is_the_units_of_the_upstreams_2xx(
     """Through a real service process, with Stripe failing some meter events on the way."""
     payer = await paying_customer(db_url, stripe_sdk)
     env = service_env(db_url, stripe_emulator, stripe_price)
-    env["METERAPI_GATEWAY_FILE"] = str(gateway_file(tmp_path, timeout_s=1.0))
+    env["METERAPI_GATEWAY_FILE"] = str(gateway_file(tmp_path, timeout_s=3.0))
     env["METERAPI_UPSTREAM_URL"] = upstream.url
     meter_events = "/v1/billing/meter_events"
     await emulator_control.inject_fault("error", path=meter_events, status=500, count=3)
@@ -315,7 +331,7 @@ async def test_stripe_total_is_the_units_of_the_upstreams_2xx(
         ("/echo/created", {"status": "201", "units": "3"}, 3),
         ("/echo/refused", {"status": "404", "units": "5"}, 0),
         ("/echo/broken", {"status": "503", "units": "5"}, 0),
-        ("/slow", {"s": "3"}, 0),  # 504
+        ("/slow", {"s": "15"}, 0),  # 504
         ("/big", {"mb": "1"}, 0),  # a route of 0 units
     ]
     expected = 0

@@ -13,6 +13,8 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from http.cookiejar import Cookie, CookieJar
+from typing import Any
 
 import httpx
 
@@ -124,6 +126,17 @@ def identity_headers(
     return headers
 
 
+class _NoCookies(CookieJar):
+    """The client serves every customer: it must never keep a cookie one upstream answer set
+    and send it with another customer's request. Cookies pass through as plain headers."""
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
 class Upstream:
     """The upstream API behind the gateway, reached through one pooled client per process."""
 
@@ -149,6 +162,7 @@ class Upstream:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
             follow_redirects=False,  # a redirect is the upstream's answer to the client
             trust_env=False,  # an HTTP_PROXY in the environment must not reroute paid calls
+            cookies=_NoCookies(),
         )
 
     async def close(self) -> None:
