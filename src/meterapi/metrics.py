@@ -145,6 +145,10 @@ class Metrics:
         self.webhook_events = r.counter(
             "meterapi_webhook_events_total", "Stripe webhook deliveries by outcome."
         )
+        self.outbound_deliveries = r.counter(
+            "meterapi_outbound_webhook_deliveries_total",
+            "Outbound webhook attempts by outcome (delivered, retry, failed, gone).",
+        )
         self.parked_reports = r.gauge(
             "meterapi_usage_parked_reports", "Meter events waiting for an operator."
         )

@@ -8,13 +8,17 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.billing.gateway import StripeGateway
+from meterapi.billing.public_limit import PublicRateLimit
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
+from meterapi.metering.limits import Pricing
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
+from meterapi.outbound import outbox
+from meterapi.outbound.delivery import Deliverer
 
 LEDGER_POOL: dict[str, Any] = {"pool_size": 2, "max_overflow": 2}
 
@@ -31,6 +35,9 @@ class Runtime:
     recorder: UsageRecorder
     reporter: Reporter
     invoices: InvoicePreviews
+    public_limit: PublicRateLimit
+    pricing: Pricing
+    outbound: Deliverer
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -50,17 +57,31 @@ class Runtime:
             event_name=settings.stripe_meter_event_name,
             metrics=metrics,
         )
+        keys = KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker)
+        outbound = Deliverer(
+            sessionmaker,
+            url=settings.webhook_url,
+            secret=settings.webhook_secret,
+            metrics=metrics,
+            timeout_s=settings.webhook_timeout_s,
+            first_retry_s=settings.webhook_first_retry_s,
+            poll_s=settings.webhook_poll_s,
+        )
+        outbox.attach(sessionmaker, outbound.wake)  # after the key cache's own attach
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             metrics=metrics,
-            keys=KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker),
+            keys=keys,
             gateway=gateway,
             ledger_engine=ledger_engine,
             recorder=UsageRecorder(make_sessionmaker(ledger_engine), on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
+            public_limit=PublicRateLimit(settings.public_rate_limit),
+            pricing=Pricing(gateway, settings.stripe_price_id),
+            outbound=outbound,
         )
 
     async def start(self) -> None:
@@ -68,6 +89,7 @@ class Runtime:
         await self.keys.start()
         self.recorder.start()
         self.reporter.start()
+        self.outbound.start()
 
     async def close(self) -> None:
         """Drain the ledger's queue, flush usage to Stripe (bounded), release connections."""
@@ -75,6 +97,7 @@ class Runtime:
             await self.recorder.stop()
             await self.reporter.stop()
             await self.keys.stop()
+            await self.outbound.stop()
         finally:
             await self.gateway.close()
             await self.ledger_engine.dispose()

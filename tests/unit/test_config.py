@@ -77,3 +77,45 @@ def test_cli_refuses_to_start_and_names_what_to_set(
     err = capsys.readouterr().err
     assert "METERAPI_STRIPE_WEBHOOK_SECRET" in err and "METERAPI_KEY_PEPPER" in err
     assert "topsecret" not in err
+
+
+WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, base64
+
+
+def test_outbound_webhook_url_needs_its_secret() -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(webhook_url="https://hooks.example/meterapi")
+    assert "METERAPI_WEBHOOK_SECRET" in str(caught.value)
+    s = settings(webhook_url="https://hooks.example/meterapi", webhook_secret=WEBHOOK_SECRET)
+    assert s.webhook_url == "https://hooks.example/meterapi"
+    assert s.webhook_timeout_s == 10 and s.webhook_first_retry_s <= 10 and s.webhook_poll_s <= 1
+    assert settings().webhook_url is None  # unset: nothing is sent
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # no whsec_ prefix
+        "whsec_not base64!",
+        "whsec_c2hvcnQ=",  # base64 of 5 bytes: too short to sign with
+    ],
+)
+def test_outbound_webhook_secret_must_be_whsec_base64(secret: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(webhook_url="https://hooks.example/x", webhook_secret=secret)
+    assert "webhook_secret" in str(caught.value)
+    assert secret not in str(caught.value)  # a refused secret is not echoed
+
+
+def test_outbound_webhook_url_must_be_http() -> None:
+    with pytest.raises(ValidationError):
+        settings(webhook_url="ftp://hooks.example/x", webhook_secret=WEBHOOK_SECRET)
+
+
+def test_cli_names_the_missing_outbound_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METERAPI_WEBHOOK_URL", "https://hooks.example/x")
+    monkeypatch.chdir("/")
+    assert main(["db", "upgrade"]) == 2
+    assert "METERAPI_WEBHOOK_SECRET" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.billing.access import access_changed
+from meterapi.billing.access import access_changed, announce_access
 from meterapi.billing.gateway import StripeGateway
 from meterapi.billing.sql import insert_or_ignore
 from meterapi.errors import CheckoutIncomplete
@@ -33,6 +33,7 @@ from meterapi.models import (
     SubscriptionStatus,
     utcnow,
 )
+from meterapi.outbound import outbox
 
 GOOD_STANDING = {SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING}
 ENDED = {SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED}
@@ -249,6 +250,7 @@ async def _after_change(
     if _access_of(customer) != before:
         assert customer.id is not None
         await access_changed(session, customer_id=customer.id)
+        await announce_access(session, customer=customer, before_status=before[1])
 
 
 async def record_invoice(
@@ -302,6 +304,14 @@ async def provision_from_checkout(
     assert customer.id is not None
     values = {"id": str(checkout_session["id"]), "customer_id": customer.id, "created_at": utcnow()}
     table = CheckoutSession.__table__  # type: ignore[attr-defined]
-    await session.exec(insert_or_ignore(session, table, values, conflict=["id"]))
+    statement = insert_or_ignore(session, table, values, conflict=["id"]).returning(table.c.id)
+    if (await session.exec(statement)).scalar_one_or_none() is not None:
+        # First news of this Checkout Session (webhook or key claim, whichever came first).
+        await outbox.enqueue(
+            session,
+            type=outbox.EventType.CUSTOMER_PROVISIONED,
+            customer_id=customer.id,
+            data={"email": customer.email},
+        )
     await session.flush()
     return customer

@@ -2,7 +2,8 @@
 
 Services take the session first and keyword-only arguments, ``flush()`` only and never commit:
 the caller's unit of work decides. Key and access changes call ``invalidation.bump`` in the same
-transaction, so every process's cache forgets the old state once it commits.
+transaction, so every process's cache forgets the old state once it commits; issuing and revoking
+a key write ``key.created`` / ``key.revoked`` to the outbound outbox in that transaction too.
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ from meterapi.keys import access, hashing, invalidation
 from meterapi.keys import format as key_format
 from meterapi.keys.cache import CustomerEntry, KeyCache, KeyEntry
 from meterapi.models import ApiKey, Customer, utcnow
+from meterapi.outbound import outbox
 
 DEFAULT_GRACE_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the key that authenticated the request and its customer."""
+    """Who is calling: the key that authenticated the request and its customer.
+
+    ``rotated``: the key has a successor and is in its grace period; it may call the paid API
+    and read, nothing else (the API refuses the rest with ``KeyRotated``).
+    """
 
     key_id: str
     customer_id: int
     stripe_customer_id: str
+    key_name: str | None = None
+    rotated: bool = False
 
 
 def is_usable(key: ApiKey, now: datetime) -> bool:
@@ -79,6 +87,13 @@ async def issue(
     )
     session.add(key)
     await session.flush()
+    await outbox.enqueue(
+        session,
+        type=outbox.EventType.KEY_CREATED,
+        customer_id=customer_id,
+        data={"key": outbox.key_public(key)},
+        now=now,
+    )
     return key, plaintext
 
 
@@ -124,7 +139,8 @@ async def rotate(
     live: bool,
     now: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Issue a successor with the same name; the old key keeps working ``grace_seconds`` more."""
+    """Issue a successor with the same name; the old key keeps working ``grace_seconds`` more,
+    for the paid API and reading only (``Principal.rotated``)."""
     now = now or utcnow()
     old = await _key(session, key_id=key_id, customer_id=customer_id)
     if not is_usable(old, now):
@@ -134,6 +150,7 @@ async def rotate(
     )
     until = now + timedelta(seconds=grace_seconds)
     old.expires_at = until if old.expires_at is None else min(old.expires_at, until)
+    old.rotated_at = old.rotated_at or now
     session.add(old)
     await invalidation.bump(session, key_id=old.id)
     await session.flush()
@@ -175,6 +192,13 @@ async def revoke(
     session.add(key)
     await invalidation.bump(session, key_id=key.id)
     await session.flush()
+    await outbox.enqueue(
+        session,
+        type=outbox.EventType.KEY_REVOKED,
+        customer_id=key.customer_id,
+        data={"key": outbox.key_public(key)},
+        now=now,
+    )
     return key
 
 
@@ -267,6 +291,8 @@ def _admit(
         key_id=entry.key_id,
         customer_id=entry.customer_id,
         stripe_customer_id=customer.stripe_customer_id,
+        key_name=entry.name,
+        rotated=entry.rotated,
     )
 
 
@@ -287,6 +313,8 @@ async def _load(session: AsyncSession, digest: str, *, cache: KeyCache, now: dat
         customer_id=key.customer_id,
         expires_at=key.expires_at,
         valid_until=cache.lifetime(now, key.expires_at),
+        name=key.name,
+        rotated=key.rotated_at is not None,
     )
     cache.put_key(digest, entry, generation=generation)
     cache.put_customer(_customer_entry(customer, cache), generation=generation)
