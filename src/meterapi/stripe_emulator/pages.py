@@ -79,11 +79,10 @@ def _price_line(emu: Emulator, price: JSON) -> str:
 
 def _every(recurring: JSON) -> str:
     names = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
-    count = int(recurring.get("interval_count") or 1)
+    count, interval = int(recurring.get("interval_count") or 1), str(recurring["interval"])
     if count == 1:
-        interval = str(recurring["interval"])
         return names.get(interval, interval)
-    return f"every {count} {recurring['interval']}s"
+    return f"every {count} {interval}s"
 
 
 def routes(emu: Emulator) -> list[Route]:
