@@ -167,6 +167,8 @@ async def test_customers_are_paged_with_status_access_usage_and_keys(
         "/admin/v1/customers", params={"starting_after": "cus_nobody"}, headers=ADMIN
     )
     assert unknown.status_code == 404
+    typo = await http.get("/admin/v1/customers", params={"starting_afer": "x"}, headers=ADMIN)
+    assert typo.status_code == 422 and "starting_afer" in typo.json()["error"]["message"]
 
 
 async def test_customer_detail_limits_and_key_revocation(
