@@ -32,13 +32,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.db import Sessionmaker
-from meterapi.errors import StripeRateLimited
+from meterapi.errors import StripeRateLimited, StripeUnavailable
 from meterapi.metering.usage import Period, current_period
 from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport, utcnow
 
 CONCURRENCY = 10
-MAX_RATE_LIMITED_TRIES = 8
+MAX_RATE_LIMITED_TRIES = 8  # 429s: Stripe asks us to slow down
+MAX_UNAVAILABLE_TRIES = 3  # 5xx, timeouts, connection trouble: a read is safe to repeat
 RECHECK_DELAY_S = 2.0
+LEDGER_CHUNK = 100  # customers whose ledger figures are read in one transaction
 
 
 @dataclass(frozen=True)
@@ -150,45 +152,51 @@ class Reconciler:
         meter_id = await self.gateway.find_meter_id()
         pace = Pace(self.gateway.read_requests_per_second())
         limit = asyncio.Semaphore(self.concurrency)
-        done = 0
+        rows: list[Drift] = []
 
-        async def one(customer: Customer) -> Drift:
-            nonlocal done
+        async def stripe_side(customer: Customer, units: int, sent: int) -> Drift:
+            window = windows[customer.id]
             async with limit:
-                row = await self._check(customer, windows[customer.id], meter_id, pace)
-            done += 1
+                stripe_units = await self._stripe_units(customer, window, meter_id, pace)
+            row = _row(customer, window, units, sent, stripe_units)
             if self.on_progress is not None:
-                self.on_progress(done, len(customers))
+                self.on_progress(len(rows) + 1, len(customers))
+            rows.append(row)
             return row
 
-        rows = list(await asyncio.gather(*(one(c) for c in customers)))
-        drifting = [i for i, row in enumerate(rows) if row.drift]
+        # A chunk's ledger figures in one short transaction (on SQLite every transaction holds
+        # the write lock, which the ledger's writers wait on), then its Stripe reads.
+        ordered: list[Drift] = []
+        for first in range(0, len(customers), LEDGER_CHUNK):
+            chunk = customers[first : first + LEDGER_CHUNK]
+            async with self.sessionmaker() as session:
+                figures = [await self._ledger(session, c, windows[c.id]) for c in chunk]
+            ordered += await asyncio.gather(
+                *(stripe_side(c, *f) for c, f in zip(chunk, figures, strict=True))
+            )
+        drifting = [i for i, row in enumerate(ordered) if row.drift]
         if drifting:
             await asyncio.sleep(self.recheck_delay_s)
             by_id = {c.stripe_customer_id: c for c in customers}
             for i in drifting:
-                customer = by_id[rows[i].customer_id]
-                rows[i] = await self._check(customer, windows[customer.id], meter_id, pace)
-        return rows
+                customer = by_id[ordered[i].customer_id]
+                window = windows[customer.id]
+                async with self.sessionmaker() as session:
+                    units, sent = await self._ledger(session, customer, window)
+                stripe_units = await self._stripe_units(customer, window, meter_id, pace)
+                ordered[i] = _row(customer, window, units, sent, stripe_units)
+        return ordered
 
-    async def _check(self, customer: Customer, window: Period, meter_id: str, pace: Pace) -> Drift:
+    @staticmethod
+    async def _ledger(session: AsyncSession, customer: Customer, window: Period) -> tuple[int, int]:
         assert customer.id is not None
-        async with self.sessionmaker() as session:
-            units, sent = await ledger_units(session, customer_id=customer.id, window=window)
-        stripe_units = await self._stripe_units(customer, window, meter_id, pace)
-        return Drift(
-            customer_id=customer.stripe_customer_id,
-            start=window.start,
-            end=window.end,
-            ledger_units=units,
-            stripe_units=stripe_units,
-            pending_units=units - sent,
-        )
+        return await ledger_units(session, customer_id=customer.id, window=window)
 
     async def _stripe_units(
         self, customer: Customer, window: Period, meter_id: str, pace: Pace
     ) -> int:
-        for attempt in range(1, MAX_RATE_LIMITED_TRIES + 1):
+        limited = unavailable = 0
+        while True:
             await pace.wait()
             try:
                 return await self.gateway.meter_usage_total(
@@ -198,10 +206,27 @@ class Reconciler:
                     end=window.end,
                 )
             except StripeRateLimited:
-                if attempt == MAX_RATE_LIMITED_TRIES:
+                limited += 1
+                if limited >= MAX_RATE_LIMITED_TRIES:
                     raise
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1))
-        raise AssertionError("unreachable")
+                attempt = limited
+            except StripeUnavailable:
+                unavailable += 1
+                if unavailable >= MAX_UNAVAILABLE_TRIES:
+                    raise
+                attempt = unavailable
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1))
+
+
+def _row(customer: Customer, window: Period, units: int, sent: int, stripe_units: int) -> Drift:
+    return Drift(
+        customer_id=customer.stripe_customer_id,
+        start=window.start,
+        end=window.end,
+        ledger_units=units,
+        stripe_units=stripe_units,
+        pending_units=units - sent,
+    )
 
 
 def _clamped(window: Period, now: datetime) -> Period:
