@@ -11,7 +11,8 @@ For each customer, over a window (by default the customer's current billing peri
   Stripe lost usage it acknowledged.
 
 Windows are rounded out to whole minutes, as Stripe's summaries require; the ledger is read over
-the same minutes (a report is dated within the minute of the rows it holds). Stripe is read with
+the same minutes (a report is dated within the minute of the rows it holds), a hundred customers
+per short transaction (on SQLite a transaction holds the write lock). Stripe is read with
 bounded concurrency and, against real Stripe, paced below its read limit (25 requests/s in test
 mode, 100 in live mode); a 429 is retried with exponential backoff and jitter. A customer whose
 drift is not zero is read again once after a pause: the reporter may have sent usage between the
