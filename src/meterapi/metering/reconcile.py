@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, literal, union_all
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -76,35 +76,27 @@ async def ledger_units(
     ledger; both index-backed, as the usage view reads them.
     """
     event_at = col(UsageReport.event_at)
-    units, sent = (
-        await session.exec(
-            select(
-                func.coalesce(func.sum(UsageReport.value), 0),
-                func.coalesce(
-                    func.sum(UsageReport.value).filter(
-                        col(UsageReport.status) == ReportStatus.SENT
-                    ),
-                    0,
-                ),
-            ).where(
-                col(UsageReport.customer_id) == customer_id,
-                event_at >= window.start,
-                event_at < window.end,
-            )
-        )
-    ).one()
+    reports = select(
+        func.coalesce(func.sum(UsageReport.value), 0),
+        func.coalesce(
+            func.sum(UsageReport.value).filter(col(UsageReport.status) == ReportStatus.SENT), 0
+        ),
+    ).where(
+        col(UsageReport.customer_id) == customer_id,
+        event_at >= window.start,
+        event_at < window.end,
+    )
     occurred_at = col(UsageEvent.occurred_at)
-    unclaimed = (
-        await session.exec(
-            select(func.coalesce(func.sum(UsageEvent.units), 0)).where(
-                col(UsageEvent.customer_id) == customer_id,
-                col(UsageEvent.report_id).is_(None),
-                occurred_at >= window.start,
-                occurred_at < window.end,
-            )
-        )
-    ).one()
-    return int(units) + int(unclaimed), int(sent)
+    rows = select(func.coalesce(func.sum(UsageEvent.units), 0), literal(0)).where(
+        col(UsageEvent.customer_id) == customer_id,
+        col(UsageEvent.report_id).is_(None),
+        occurred_at >= window.start,
+        occurred_at < window.end,
+    )
+    # One statement, one snapshot: a claim committed between two reads would be lost.
+    parts = (await session.exec(union_all(reports, rows))).all()  # type: ignore[call-overload]
+    units, sent = sum(int(p[0]) for p in parts), sum(int(p[1]) for p in parts)
+    return units, sent
 
 
 class Pace:
