@@ -118,6 +118,11 @@ class Settings(BaseSettings):
             raise ValueError("must start with sk_test_, sk_live_, rk_test_ or rk_live_")
         return value
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit_format(cls, value: str | None) -> str | None:

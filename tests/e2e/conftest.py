@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import pytest
 import uvicorn
 
 from meterapi.app import create_app
+from meterapi.config import Settings
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import EMULATOR_WEBHOOK_SECRET, IN_CI, stripe_settings
 
@@ -166,20 +168,12 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-@pytest.fixture
-def live_service(
-    db_url: str, stripe_emulator: EmulatorServer, stripe_price: str
+@contextmanager
+def serving(
+    settings: Settings, emulator: EmulatorServer, sock: socket.socket
 ) -> Iterator[LiveService]:
-    """The whole service under a real uvicorn on 127.0.0.1, wired to the emulator both ways."""
-    sock = _free_socket()
+    """The whole service under a real uvicorn on ``sock``, wired to the emulator both ways."""
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = stripe_settings(
-        db_url,
-        stripe_emulator,
-        stripe_price,
-        public_url=url,
-        stripe_webhook_secret=EMULATOR_WEBHOOK_SECRET,
-    )
     config: dict[str, Any] = {"log_level": "warning", "lifespan": "on"}
     server = uvicorn.Server(uvicorn.Config(create_app(settings), **config))
     thread = threading.Thread(
@@ -193,13 +187,53 @@ def live_service(
             sock.close()
             pytest.fail("the service did not start under uvicorn")
         time.sleep(0.02)
-    stripe_emulator.set_webhook(f"{url}/webhooks/stripe", EMULATOR_WEBHOOK_SECRET)
+    emulator.set_webhook(f"{url}/webhooks/stripe", EMULATOR_WEBHOOK_SECRET)
     try:
-        yield LiveService(url=url, emulator=stripe_emulator)
+        yield LiveService(url=url, emulator=emulator)
     finally:
-        stripe_emulator.set_webhook(None)
+        emulator.set_webhook(None)
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
         # A connection the server's loop left behind is finalised here, not in a later test.
         gc.collect()
+
+
+def _live_settings(
+    db_url: str, emulator: EmulatorServer, price: str, url: str, **overrides: Any
+) -> Settings:
+    return stripe_settings(
+        db_url,
+        emulator,
+        price,
+        public_url=url,
+        stripe_webhook_secret=EMULATOR_WEBHOOK_SECRET,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def live_service(
+    db_url: str, stripe_emulator: EmulatorServer, stripe_price: str
+) -> Iterator[LiveService]:
+    """The whole service under a real uvicorn on 127.0.0.1, wired to the emulator both ways."""
+    sock = _free_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = _live_settings(db_url, stripe_emulator, stripe_price, url)
+    with serving(settings, stripe_emulator, sock) as service:
+        yield service
+
+
+ADMIN_TOKEN = "e2e-operator-token-0123456789abcdefghij"
+
+
+@pytest.fixture
+def admin_service(
+    db_url: str, stripe_emulator: EmulatorServer, stripe_price: str
+) -> Iterator[LiveService]:
+    """As ``live_service``, with the operator API and page on (``ADMIN_TOKEN``)."""
+    sock = _free_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = _live_settings(db_url, stripe_emulator, stripe_price, url, admin_token=ADMIN_TOKEN)
+    with serving(settings, stripe_emulator, sock) as service:
+        yield service

@@ -167,6 +167,8 @@ async def test_customers_are_paged_with_status_access_usage_and_keys(
         "/admin/v1/customers", params={"starting_after": "cus_nobody"}, headers=ADMIN
     )
     assert unknown.status_code == 404
+    typo = await http.get("/admin/v1/customers", params={"starting_afer": "x"}, headers=ADMIN)
+    assert typo.status_code == 422 and "starting_afer" in typo.json()["error"]["message"]
 
 
 async def test_customer_detail_limits_and_key_revocation(
@@ -398,3 +400,31 @@ async def test_a_failed_stripe_event_is_listed_and_replayed_through_the_same_han
     assert again.status_code == 409 and again.json()["error"]["code"] == "event_already_processed"
     unknown = await http.post("/admin/v1/stripe-events/evt_nothing/replay", headers=ADMIN)
     assert unknown.status_code == 404
+
+
+async def test_reconciliation_backs_off_when_stripe_rate_limits_and_reports_progress(
+    admin_app: FastAPI,
+    admin_settings: Settings,
+    sessionmaker: Sessionmaker,
+    stripe_sdk: stripe.StripeClient,
+    emulator_control: EmulatorControl,
+) -> None:
+    from meterapi.metering.reconcile import Reconciler
+
+    seeded = await _customers(sessionmaker, stripe_sdk, admin_settings, 4)
+    await emulator_control.inject_fault(
+        "rate_limit", "/v1/billing/meters/*/event_summaries", count=5
+    )
+    progress: list[tuple[int, int]] = []
+    runtime = admin_app.state.runtime
+    rows = await Reconciler(
+        runtime.sessionmaker,
+        runtime.gateway,
+        concurrency=2,
+        on_progress=lambda *p: progress.append(p),
+    ).run()
+    assert [(r.customer_id, r.drift) for r in rows] == [(cus, 0) for cus, _ in seeded]
+    assert progress[-1] == (4, 4) and len(progress) == 4
+    # Every one of the five 429s was met (an exhausted rule is dropped) and retried past.
+    faults = await emulator_control._call("GET", "/faults")
+    assert faults["data"] == []

@@ -119,3 +119,30 @@ def test_cli_names_the_missing_outbound_secret(
     monkeypatch.chdir("/")
     assert main(["db", "upgrade"]) == 2
     assert "METERAPI_WEBHOOK_SECRET" in capsys.readouterr().err
+def test_the_operator_api_is_off_by_default_and_rate_limit_unset() -> None:
+    s = settings()
+    assert s.admin_token is None and s.rate_limit is None
+    # An empty line in .env (METERAPI_ADMIN_TOKEN=) means unset, not a short token.
+    assert settings(admin_token="", rate_limit="").admin_token is None
+
+
+def test_a_short_admin_token_is_refused_by_name_never_by_value() -> None:
+    short = "secret-but-only-31-characters-x"
+    assert len(short) == 31
+    with pytest.raises(ValidationError) as refused:
+        settings(admin_token=short)
+    assert "METERAPI_ADMIN_TOKEN must be at least 32 characters" in str(refused.value)
+    assert short not in str(refused.value)
+    token = settings(admin_token=short + "y").admin_token
+    assert token is not None and short not in repr(token)
+
+
+@pytest.mark.parametrize("rate", ["100/second", "6000/minute", "1/hour", "5/day", " 7/second "])
+def test_rate_limits_that_parse(rate: str) -> None:
+    assert settings(rate_limit=rate).rate_limit == rate.strip()
+
+
+@pytest.mark.parametrize("rate", ["fast", "0/second", "100", "10/sec", "-1/minute", "1/week"])
+def test_rate_limits_that_do_not(rate: str) -> None:
+    with pytest.raises(ValidationError, match="a rate limit is <count>/<second"):
+        settings(rate_limit=rate)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.api.deps import ADMIN_AUTH, RuntimeDep, SessionDep
+from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyIdPath, KeyPublic
 from meterapi.api.usage import UsageOut, usage_of
 from meterapi.keys import service as key_service
@@ -22,7 +22,7 @@ from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, utcnow
 from meterapi.runtime import Runtime
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[ADMIN_AUTH])
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong operator token (invalid_admin_token)"},

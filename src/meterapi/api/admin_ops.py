@@ -9,14 +9,14 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from meterapi.api.admin import ADMIN_ERRORS, Limit
-from meterapi.api.deps import ADMIN_AUTH, GatewayDep, RuntimeDep, SessionDep, SettingsDep
+from meterapi.api.deps import ADMIN_DEPENDENCIES, GatewayDep, RuntimeDep, SessionDep, SettingsDep
 from meterapi.billing import webhooks
 from meterapi.errors import ValidationFailed
 from meterapi.metering import reports
 from meterapi.metering.reconcile import Reconciler
 from meterapi.models import ReportStatus, StripeEvent, UsageReport
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[ADMIN_AUTH])
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
 
 ReportIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="The report's id.")]
 EventIdPath = Annotated[

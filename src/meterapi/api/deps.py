@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -21,6 +22,7 @@ from meterapi.errors import (
     KeyRotated,
     MissingApiKey,
     NotFound,
+    ValidationFailed,
 )
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
@@ -208,5 +210,28 @@ class AdminAuth(HTTPBearer):
             raise InvalidAdminToken()
 
 
-# Declared on the operator routers; each route then shows the scheme in the document.
 ADMIN_AUTH = Security(AdminAuth())
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not take: an operator's typo
+    (``?starting_afer=``) must not silently return something else."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.scope["query_string"]:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ValidationFailed(f"Unknown query parameter: {', '.join(unknown)[:100]}.")
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+# Declared on the operator routers; each route then shows the scheme in the document.
+ADMIN_DEPENDENCIES = [ADMIN_AUTH, Depends(refuse_unknown_query)]

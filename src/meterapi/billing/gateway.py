@@ -19,6 +19,7 @@ import stripe
 
 from meterapi.config import EMULATOR_KEY, Settings
 from meterapi.errors import (
+    BillingNotConfigured,
     InvalidSignature,
     NotFound,
     StripeRateLimited,
@@ -212,7 +213,9 @@ class StripeGateway:
             if meter.event_name == event_name and meter.status == "active":
                 self._meter_id = meter.id
                 return meter.id
-        raise NotFound(f"No active Stripe meter has the event name {event_name!r}.")
+        raise BillingNotConfigured(
+            f"No active Stripe meter has the event name {event_name!r}: run meterapi stripe setup."
+        )
 
     async def meter_usage_total(
         self, *, meter_id: str, stripe_customer_id: str, start: datetime, end: datetime

@@ -11,7 +11,8 @@ For each customer, over a window (by default the customer's current billing peri
   Stripe lost usage it acknowledged.
 
 Windows are rounded out to whole minutes, as Stripe's summaries require; the ledger is read over
-the same minutes (a report is dated within the minute of the rows it holds). Stripe is read with
+the same minutes (a report is dated within the minute of the rows it holds), a hundred customers
+per short transaction (on SQLite a transaction holds the write lock). Stripe is read with
 bounded concurrency and, against real Stripe, paced below its read limit (25 requests/s in test
 mode, 100 in live mode); a 429 is retried with exponential backoff and jitter. A customer whose
 drift is not zero is read again once after a pause: the reporter may have sent usage between the
@@ -26,19 +27,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, literal, union_all
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.db import Sessionmaker
-from meterapi.errors import StripeRateLimited
+from meterapi.errors import StripeRateLimited, StripeUnavailable
 from meterapi.metering.usage import Period, current_period
 from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport, utcnow
 
 CONCURRENCY = 10
-MAX_RATE_LIMITED_TRIES = 8
+MAX_RATE_LIMITED_TRIES = 8  # 429s: Stripe asks us to slow down
+MAX_UNAVAILABLE_TRIES = 3  # 5xx, timeouts, connection trouble: a read is safe to repeat
 RECHECK_DELAY_S = 2.0
+LEDGER_CHUNK = 100  # customers whose ledger figures are read in one transaction
 
 
 @dataclass(frozen=True)
@@ -73,35 +76,27 @@ async def ledger_units(
     ledger; both index-backed, as the usage view reads them.
     """
     event_at = col(UsageReport.event_at)
-    units, sent = (
-        await session.exec(
-            select(
-                func.coalesce(func.sum(UsageReport.value), 0),
-                func.coalesce(
-                    func.sum(UsageReport.value).filter(
-                        col(UsageReport.status) == ReportStatus.SENT
-                    ),
-                    0,
-                ),
-            ).where(
-                col(UsageReport.customer_id) == customer_id,
-                event_at >= window.start,
-                event_at < window.end,
-            )
-        )
-    ).one()
+    reports = select(
+        func.coalesce(func.sum(UsageReport.value), 0),
+        func.coalesce(
+            func.sum(UsageReport.value).filter(col(UsageReport.status) == ReportStatus.SENT), 0
+        ),
+    ).where(
+        col(UsageReport.customer_id) == customer_id,
+        event_at >= window.start,
+        event_at < window.end,
+    )
     occurred_at = col(UsageEvent.occurred_at)
-    unclaimed = (
-        await session.exec(
-            select(func.coalesce(func.sum(UsageEvent.units), 0)).where(
-                col(UsageEvent.customer_id) == customer_id,
-                col(UsageEvent.report_id).is_(None),
-                occurred_at >= window.start,
-                occurred_at < window.end,
-            )
-        )
-    ).one()
-    return int(units) + int(unclaimed), int(sent)
+    rows = select(func.coalesce(func.sum(UsageEvent.units), 0), literal(0)).where(
+        col(UsageEvent.customer_id) == customer_id,
+        col(UsageEvent.report_id).is_(None),
+        occurred_at >= window.start,
+        occurred_at < window.end,
+    )
+    # One statement, one snapshot: a claim committed between two reads would be lost.
+    parts = (await session.exec(union_all(reports, rows))).all()  # type: ignore[call-overload]
+    units, sent = sum(int(p[0]) for p in parts), sum(int(p[1]) for p in parts)
+    return units, sent
 
 
 class Pace:
@@ -150,45 +145,51 @@ class Reconciler:
         meter_id = await self.gateway.find_meter_id()
         pace = Pace(self.gateway.read_requests_per_second())
         limit = asyncio.Semaphore(self.concurrency)
-        done = 0
+        rows: list[Drift] = []
 
-        async def one(customer: Customer) -> Drift:
-            nonlocal done
+        async def stripe_side(customer: Customer, units: int, sent: int) -> Drift:
+            window = windows[customer.id]
             async with limit:
-                row = await self._check(customer, windows[customer.id], meter_id, pace)
-            done += 1
+                stripe_units = await self._stripe_units(customer, window, meter_id, pace)
+            row = _row(customer, window, units, sent, stripe_units)
             if self.on_progress is not None:
-                self.on_progress(done, len(customers))
+                self.on_progress(len(rows) + 1, len(customers))
+            rows.append(row)
             return row
 
-        rows = list(await asyncio.gather(*(one(c) for c in customers)))
-        drifting = [i for i, row in enumerate(rows) if row.drift]
+        # A chunk's ledger figures in one short transaction (on SQLite every transaction holds
+        # the write lock, which the ledger's writers wait on), then its Stripe reads.
+        ordered: list[Drift] = []
+        for first in range(0, len(customers), LEDGER_CHUNK):
+            chunk = customers[first : first + LEDGER_CHUNK]
+            async with self.sessionmaker() as session:
+                figures = [await self._ledger(session, c, windows[c.id]) for c in chunk]
+            ordered += await asyncio.gather(
+                *(stripe_side(c, *f) for c, f in zip(chunk, figures, strict=True))
+            )
+        drifting = [i for i, row in enumerate(ordered) if row.drift]
         if drifting:
             await asyncio.sleep(self.recheck_delay_s)
             by_id = {c.stripe_customer_id: c for c in customers}
             for i in drifting:
-                customer = by_id[rows[i].customer_id]
-                rows[i] = await self._check(customer, windows[customer.id], meter_id, pace)
-        return rows
+                customer = by_id[ordered[i].customer_id]
+                window = windows[customer.id]
+                async with self.sessionmaker() as session:
+                    units, sent = await self._ledger(session, customer, window)
+                stripe_units = await self._stripe_units(customer, window, meter_id, pace)
+                ordered[i] = _row(customer, window, units, sent, stripe_units)
+        return ordered
 
-    async def _check(self, customer: Customer, window: Period, meter_id: str, pace: Pace) -> Drift:
+    @staticmethod
+    async def _ledger(session: AsyncSession, customer: Customer, window: Period) -> tuple[int, int]:
         assert customer.id is not None
-        async with self.sessionmaker() as session:
-            units, sent = await ledger_units(session, customer_id=customer.id, window=window)
-        stripe_units = await self._stripe_units(customer, window, meter_id, pace)
-        return Drift(
-            customer_id=customer.stripe_customer_id,
-            start=window.start,
-            end=window.end,
-            ledger_units=units,
-            stripe_units=stripe_units,
-            pending_units=units - sent,
-        )
+        return await ledger_units(session, customer_id=customer.id, window=window)
 
     async def _stripe_units(
         self, customer: Customer, window: Period, meter_id: str, pace: Pace
     ) -> int:
-        for attempt in range(1, MAX_RATE_LIMITED_TRIES + 1):
+        limited = unavailable = 0
+        while True:
             await pace.wait()
             try:
                 return await self.gateway.meter_usage_total(
@@ -198,10 +199,27 @@ class Reconciler:
                     end=window.end,
                 )
             except StripeRateLimited:
-                if attempt == MAX_RATE_LIMITED_TRIES:
+                limited += 1
+                if limited >= MAX_RATE_LIMITED_TRIES:
                     raise
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1))
-        raise AssertionError("unreachable")
+                attempt = limited
+            except StripeUnavailable:
+                unavailable += 1
+                if unavailable >= MAX_UNAVAILABLE_TRIES:
+                    raise
+                attempt = unavailable
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1))
+
+
+def _row(customer: Customer, window: Period, units: int, sent: int, stripe_units: int) -> Drift:
+    return Drift(
+        customer_id=customer.stripe_customer_id,
+        start=window.start,
+        end=window.end,
+        ledger_units=units,
+        stripe_units=stripe_units,
+        pending_units=units - sent,
+    )
 
 
 def _clamped(window: Period, now: datetime) -> Period:

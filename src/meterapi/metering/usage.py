@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, cast, func
+from sqlalchemy import Date, cast, func, literal, union_all
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -73,41 +73,38 @@ async def usage_totals(session: AsyncSession, *, customer: Customer, now: dateti
     event_at = col(UsageReport.event_at)
     report_day = _utc_day(session, event_at)
     claimed = (
-        await session.exec(
-            select(
-                report_day,
-                func.sum(UsageReport.value),
-                func.sum(UsageReport.value).filter(col(UsageReport.status) == ReportStatus.SENT),
-            )
-            .where(
-                col(UsageReport.customer_id) == customer.id,
-                event_at >= period.start,
-                event_at < period.end,
-            )
-            .group_by(report_day)
+        select(
+            report_day.label("day"),
+            func.sum(UsageReport.value).label("units"),
+            func.sum(UsageReport.value).filter(col(UsageReport.status) == ReportStatus.SENT),
         )
-    ).all()
+        .where(
+            col(UsageReport.customer_id) == customer.id,
+            event_at >= period.start,
+            event_at < period.end,
+        )
+        .group_by(report_day)
+    )
     occurred_at = col(UsageEvent.occurred_at)
     row_day = _utc_day(session, occurred_at)
     unclaimed = (
-        await session.exec(
-            select(row_day, func.sum(UsageEvent.units))
-            .where(
-                col(UsageEvent.customer_id) == customer.id,
-                col(UsageEvent.report_id).is_(None),
-                occurred_at >= period.start,
-                occurred_at < period.end,
-            )
-            .group_by(row_day)
+        select(row_day, func.sum(UsageEvent.units), literal(0))
+        .where(
+            col(UsageEvent.customer_id) == customer.id,
+            col(UsageEvent.report_id).is_(None),
+            occurred_at >= period.start,
+            occurred_at < period.end,
         )
-    ).all()
+        .group_by(row_day)
+    )
+    # One statement, so one snapshot: read apart, a claim committed between the two reads
+    # (PostgreSQL reads each statement afresh) would drop its rows from both.
+    rows = (await session.exec(union_all(claimed, unclaimed))).all()  # type: ignore[call-overload]
     days: dict[date, int] = defaultdict(int)
     reported = 0
-    for day, units, sent in claimed:
+    for day, units, sent in rows:
         days[_as_date(day)] += int(units or 0)
         reported += int(sent or 0)
-    for day, units in unclaimed:
-        days[_as_date(day)] += int(units or 0)
     by_day = sorted(days.items())
     return UsageTotals(period, sum(n for _, n in by_day), reported, by_day)
 

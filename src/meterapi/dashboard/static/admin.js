@@ -88,7 +88,18 @@ function emptyRow(body, columns, text) {
 }
 
 const when = (iso) => (iso ? new Date(iso).toISOString().replace(".000Z", "Z") : "-");
-const money = (m) => (m ? `${m.amount} ${m.currency || ""}`.trim() : "-");
+// Amounts are in the currency's minor units (cents for USD, none for JPY).
+function money(m) {
+  if (!m) return "-";
+  if (!m.currency) return `${m.amount} (minor units)`;
+  try {
+    const format = new Intl.NumberFormat("en-US", { style: "currency", currency: m.currency });
+    const digits = format.resolvedOptions().maximumFractionDigits;
+    return format.format(m.amount / 10 ** digits);
+  } catch {
+    return `${m.amount} ${m.currency} (minor units)`;
+  }
+}
 
 // -- customers --------------------------------------------------------------------------------
 
