@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
-from meterapi.api import billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
+from meterapi.api.paid import UsageRecording
+from meterapi.api.plugins import include_routers, load_routers
 from meterapi.api.timing import RequestTiming
 from meterapi.config import Settings
+from meterapi.dashboard import admin_router
 from meterapi.dashboard import router as dashboard_router
+from meterapi.gateway import Gateway
 from meterapi.runtime import Runtime
 
 # How many more container objects may be allocated than freed before the youngest generation is
@@ -27,14 +32,22 @@ from meterapi.runtime import Runtime
 YOUNG_GC_THRESHOLD = 10_000
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. Settings are read from the environment only when none are given."""
+def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """Build the service. Settings are read from the environment only when none are given.
+
+    ``routers`` are served after meterapi's own routes, with those of ``settings.routers``
+    (``METERAPI_ROUTERS``); a route that collides with one already served raises ``RouterError``.
+    """
     settings = settings or Settings()
+    plugins = load_routers(settings.routers)  # before any work: a bad name stops the start
     runtime = Runtime.build(settings)
+    gateway = Gateway.from_settings(settings)  # checks the gateway file before anything runs
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        if gateway is not None:
+            await gateway.start()
         # Everything alive now (modules, the app, pools, caches) lives as long as the process:
         # keep it out of the collector's full passes. Without this, under load each full
         # collection walked ~130,000 objects for tens of milliseconds, about once a second on
@@ -48,7 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()  # what this app pinned can be collected again once it is gone
-            await runtime.close()
+            try:
+                if gateway is not None:
+                    await gateway.close()
+            finally:
+                await runtime.close()
 
     app = FastAPI(
         title="meterapi",
@@ -56,11 +73,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A usage-billed API, metered into Stripe Billing Meters.",
         lifespan=lifespan,
         docs_url=None,  # /docs is served by the dashboard room, with Swagger UI from this host
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header, which
+        # anyone can set: no redirects to elsewhere (the dashboard serves both spellings).
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ops.router)
-    app.include_router(data.router)  # the paid route first: matched on every paid request
+    if settings.example_routes:
+        app.include_router(data.router)  # the paid route first: matched on every paid request
     # The claim route before the keys router: /v1/keys/claim is not a key id.
     app.include_router(claim.router)
     app.include_router(keys.router)
@@ -68,6 +89,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(billing.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard_router)
+    if settings.admin_token is not None:
+        # Without a token nothing under /admin exists: every path there is a plain 404.
+        app.include_router(admin.router)
+        app.include_router(admin_ops.router)
+        app.include_router(admin_router)
+    given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
+    include_routers(app, [*given, *plugins])
+    if gateway is not None:
+        gateway.mount(app)  # after the built-in routes, which it may not shadow
+    # Innermost: it sees the response the route produced, and the layers above see its 503.
+    app.add_middleware(
+        UsageRecording, recorder=runtime.recorder, recorded=runtime.metrics.units_recorded
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -77,4 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTiming, histogram=runtime.metrics.request_latency)
+    if settings.trusted_proxies:
+        # Outermost: every layer (limits, logs) sees the client the trusted proxy names.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -4,83 +4,63 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from meterapi import migrations
+from meterapi import emulator_mode, migrations
+from meterapi.app import create_app
 from meterapi.billing import webhooks
-from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
-from meterapi.errors import DomainError
+from meterapi.errors import DomainError, ValidationFailed
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
+from meterapi.metering import limits, reconcile_report
+from meterapi.metering.reconcile import Drift, Reconciler
 from meterapi.outbound import outbox
 from meterapi.runtime import Runtime
-from meterapi.stripe_emulator import EmulatorServer
-from meterapi.stripe_emulator import main as emulator_main
+from meterapi.stripe_emulator import command as emulator_command
 
 log = logging.getLogger("meterapi")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 Command = Callable[[argparse.Namespace, Any], int]
 
 
-EMULATOR_PORT = 12111
-EMULATOR_BANNER = """
-  ======================================================================
-   EMULATOR MODE: no METERAPI_STRIPE_SECRET_KEY is set.
-   Stripe is the built-in emulator at {url}; no real money moves.
-   Subscribe at {public}/dashboard, or POST {public}/v1/checkout.
-  ======================================================================
-"""
-
-
-def _start_emulator(args: argparse.Namespace, settings: Settings) -> EmulatorServer:
-    """Run the Stripe emulator beside the service and point this process's settings at it."""
-    local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
-    webhook_url = f"http://{local_host}:{args.port}/webhooks/stripe"
-    state_file = str(Path(args.emulator_state).resolve())
-    server = None
-    for port in (EMULATOR_PORT, 0):  # the usual port, else any free one
-        candidate = EmulatorServer(
-            port=port,
-            webhook_url=webhook_url,
-            webhook_secret=EMULATOR_WEBHOOK_SECRET,
-            state_file=state_file,
-        )
-        try:
-            server = candidate.start()
-            break
-        except OSError:
-            continue
-    assert server is not None, "no port for the Stripe emulator"
-    wired = settings.model_copy(update={"stripe_api_base": server.url})
-
-    async def bootstrap() -> str:
-        gateway = StripeGateway(wired)
-        try:
-            return (await gateway.ensure_metered_price())[1]
-        finally:
-            await gateway.close()
-
-    price_id = settings.stripe_price_id or asyncio.run(bootstrap())
-    # Workers build their own Settings from the environment.
-    os.environ["METERAPI_STRIPE_API_BASE"] = server.url
-    os.environ["METERAPI_STRIPE_PRICE_ID"] = price_id
-    public = f"http://{local_host}:{args.port}"
-    print(EMULATOR_BANNER.format(url=server.url, public=public), flush=True)
-    return server
+# Libraries that log every request at INFO; their lines would bury what the service says.
+QUIET_LOGGERS = ("stripe", "httpx", "httpcore", "hpack", "asyncio", "aiosqlite", "alembic")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # As uvicorn's own command does: the working directory's packages are importable (for
+    # METERAPI_ROUTERS), here and in the worker processes, which inherit the import path.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        create_app(settings)  # the plug-in routers load and fit, or the start stops here
+    except ConfigError as exc:
+        print(f"meterapi: configuration error: {exc}", file=sys.stderr)
+        return 2
     migrations.upgrade(settings.database_url)
-    emulator = _start_emulator(args, settings) if settings.emulator_mode else None
+    emulator = None
+    if settings.emulator_mode:
+        emulator = emulator_mode.start(
+            settings,
+            host=args.host,
+            port=args.port,
+            emulator_host=args.emulator_host,
+            state_file=args.emulator_state,
+        )
+    else:
+        emulator_mode.warn_without_public_url(settings)
     try:
         _run_uvicorn(args)
     finally:
@@ -98,10 +78,34 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
+        # X-Forwarded-* are believed by the app, from METERAPI_TRUSTED_PROXIES only; uvicorn's
+        # own handling would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS) whatever the setting.
+        proxy_headers=False,
         log_level="info",
+        # Our own access log (meterapi.access) replaces uvicorn's, which writes URLs as
+        # received, keys and Checkout Session ids in query strings included.
+        access_log=False,
+        log_config=_log_config(),
         timeout_graceful_shutdown=20,
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, plus our ``meterapi`` loggers (the access log among them) on
+    stderr: applied in every worker process, which inherits no handlers from this one."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["meterapi"] = {"format": LOG_FORMAT}
+    config["handlers"]["meterapi"] = {
+        "formatter": "meterapi",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["meterapi"] = {"handlers": ["meterapi"], "level": "INFO", "propagate": False}
+    for name in QUIET_LOGGERS:
+        config["loggers"][name] = {"level": "WARNING"}
+    return config
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,6 +129,74 @@ def _usage_flush(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print("all usage reported")
     return 0
+
+
+def _usage_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.start is None) != (args.end is None):
+        print("meterapi: give both --start and --end, or neither", file=sys.stderr)
+        return 2
+    progress = reconcile_report.Progress(sys.stderr)
+
+    async def run() -> list[Drift]:
+        engine = make_engine(settings.database_url)
+        gateway = StripeGateway(settings)
+        try:
+            reconciler = Reconciler(make_sessionmaker(engine), gateway, on_progress=progress.update)
+            return await reconciler.run(start=args.start, end=args.end)
+        finally:
+            progress.close()
+            await gateway.close()
+            await engine.dispose()
+
+    try:
+        rows = asyncio.run(run())
+    except DomainError as exc:
+        print(f"meterapi: {exc.message}", file=sys.stderr)
+        return 1
+    print(reconcile_report.table(rows, drift_only=args.drift_only))
+    drifting = sum(1 for r in rows if r.drift)
+    print(f"{len(rows)} customer(s) reconciled; {drifting} drifting")
+    return 1 if drifting else 0
+
+
+def _limits_set(args: argparse.Namespace, settings: Settings) -> int:
+    def rate(value: str | None) -> limits.RateChange:
+        if value is None:
+            return limits.KEEP
+        if value.lower() == "none":
+            return None
+        return limits.DEFAULT if value.lower() == "default" else value
+
+    def cap(value: str | None) -> limits.CapChange:
+        if value is None:
+            return limits.KEEP
+        if value.lower() == "none":
+            return None
+        if not value.isdigit():
+            raise ValidationFailed("--spend-cap is a whole amount in minor units, or none.")
+        return int(value)
+
+    async def apply() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_scope(make_sessionmaker(engine)) as session:
+                customer = await key_service.find_customer(
+                    session, stripe_customer_id=args.customer
+                )
+                assert customer.id is not None
+                row = await limits.set_limits(
+                    session,
+                    customer_id=customer.id,
+                    rate_limit=rate(args.rate),
+                    monthly_spend_cap=cap(args.spend_cap),
+                )
+        finally:
+            await engine.dispose()
+        shown_rate = (row.rate_limit or "none") if row.rate_limit_set else "default"
+        shown_cap = "none" if row.monthly_spend_cap is None else str(row.monthly_spend_cap)
+        return f"{args.customer}: rate limit {shown_rate}, monthly spend cap {shown_cap}"
+
+    return _run_printing(apply)
 
 
 def _stripe_setup(args: argparse.Namespace, settings: Settings) -> int:
@@ -156,7 +228,8 @@ def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await gateway.close()
             await engine.dispose()
-        failed = sum(r.outcome is webhooks.Outcome.FAILED for r in receipts)
+        failing = (webhooks.Outcome.FAILED, webhooks.Outcome.FAILED_PERMANENTLY)
+        failed = sum(r.outcome in failing for r in receipts)
         return f"replayed {len(receipts)} stored event(s); {failed} still failing"
 
     return _run_printing(replay)
@@ -203,7 +276,7 @@ def _outbound_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> int:
-    return emulator_main(list(args.emulator_args))
+    return emulator_command.run(args)
 
 
 def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
@@ -271,12 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="meterapi-emulator.json",
         help="emulator mode only: where the emulator keeps its state between runs",
     )
+    serve.add_argument(
+        "--emulator-host",
+        default="127.0.0.1",
+        help="emulator mode only: the address the emulator listens on (0.0.0.0 in a container)",
+    )
     serve.set_defaults(handler=_serve)
 
     emulator = commands.add_parser(
-        "stripe-emulator", help="run the local Stripe emulator", add_help=False
+        "stripe-emulator",
+        help="run the local Stripe emulator",
+        description=emulator_command.DESCRIPTION,
     )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    emulator_command.add_arguments(emulator)
     emulator.set_defaults(handler=_stripe_emulator, needs_settings=False)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(
@@ -292,6 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
     flush = usage.add_parser("flush", help="report everything pending to Stripe now, then exit")
     flush.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying")
     flush.set_defaults(handler=_usage_flush)
+
+    reconcile = usage.add_parser(
+        "reconcile",
+        help="compare the ledger with Stripe's meter event summaries per customer; "
+        "exit 1 on any drift",
+    )
+    reconcile.add_argument(
+        "--start", type=_iso_time, help="window start (ISO 8601, UTC if no zone)"
+    )
+    reconcile.add_argument("--end", type=_iso_time, help="window end (default: current periods)")
+    reconcile.add_argument(
+        "--drift-only", action="store_true", help="list only the customers that drift"
+    )
+    reconcile.set_defaults(handler=_usage_reconcile)
+
+    limits_commands = commands.add_parser("limits", help="customer limits").add_subparsers(
+        dest="limits_command", required=True
+    )
+    limits_set = limits_commands.add_parser("set", help="override a customer's limits")
+    limits_set.add_argument("--customer", required=True, help="the customer's Stripe id, cus_…")
+    limits_set.add_argument(
+        "--rate", help="e.g. 50/second or 6000/minute; none: no limit; default: METERAPI_RATE_LIMIT"
+    )
+    limits_set.add_argument("--spend-cap", help="monthly cap in minor units (cents), or none")
+    limits_set.set_defaults(handler=_limits_set)
 
     hooks = commands.add_parser(
         "webhooks", help="the Stripe event inbox, and outbound webhooks"
@@ -339,10 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _iso_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if not getattr(args, "needs_settings", True):
         handler: Command = args.handler

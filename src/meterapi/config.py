@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from pathlib import Path
 from typing import Annotated
 
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -19,13 +22,28 @@ class ConfigError(ValueError):
     """The configuration cannot run safely; the message says what to set."""
 
 
+MIN_ADMIN_TOKEN_CHARS = 32
+RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE = re.compile(r"^([1-9][0-9]{0,8})/(second|minute|hour|day)$")
+
+
+def parse_rate_limit(text: str) -> tuple[int, int]:
+    """``"100/second"`` → (100, 1): a quota and its window in seconds; ValueError otherwise."""
+    match = _RATE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            "a rate limit is <count>/<second|minute|hour|day>, e.g. 100/second or 6000/minute"
+        )
+    return int(match.group(1)), RATE_WINDOWS[match.group(2)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="METERAPI_",
         env_file=".env",
         extra="ignore",
         frozen=True,
-        # A refused value may be a secret: errors name the setting, never echo its value.
+        # A validation error names the variable, never its (possibly secret) value.
         hide_input_in_errors=True,
     )
 
@@ -44,6 +62,19 @@ class Settings(BaseSettings):
     stripe_timeout_s: float = Field(default=10.0, gt=0)
     key_cache_size: int = Field(default=100_000, gt=0)
     key_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # Gateway mode (CONTRACT §6): meter and forward the routes of this file to an upstream.
+    gateway_file: Path | None = None
+    upstream_url: str | None = None
+    upstream_secret: SecretStr | None = None
+    # Plug-in routers, as "package.module:attribute" import strings (CONTRACT §6).
+    routers: Annotated[list[str], NoDecode] = []
+    example_routes: bool = True  # serve the example paid resource GET /v1/data
+    # Per client address, on the unauthenticated routes that cost a Stripe call.
+    public_rate_limit: str = "20/minute"
+    # Addresses whose X-Forwarded-For/-Proto are believed; empty: nobody's.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    admin_token: SecretStr | None = None
+    rate_limit: str | None = None
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     # Outbound delivery's pace (CONTRACT §8 fixes the defaults; tests shorten them).
@@ -51,11 +82,25 @@ class Settings(BaseSettings):
     webhook_first_retry_s: float = Field(default=5.0, gt=0, le=10)
     webhook_poll_s: float = Field(default=1.0, gt=0, le=1)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "routers", "trusted_proxies", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("gateway_file", "upstream_url", "upstream_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("public_rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 20/minute or 100/second") from None
         return value
 
     @field_validator("public_url", "stripe_api_base")
@@ -72,6 +117,26 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must start with sk_test_, sk_live_, rk_test_ or rk_live_")
         return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_format(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_rate_limit(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _admin_token_long_enough(self) -> Settings:
+        # After validation, as a model check: the error then names the variable, never the value.
+        token = self.admin_token
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"METERAPI_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'); "
+                "unset it to turn the operator API off"
+            )
+        return self
 
     @field_validator("webhook_url")
     @classmethod

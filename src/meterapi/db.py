@@ -21,7 +21,12 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine with the per-backend settings the service relies on."""
+    """An async engine with the per-backend settings the service relies on.
+
+    ``hide_parameters``: SQLAlchemy's exceptions otherwise carry the statement's bound values
+    (key names, ids, emails) in their text, and so into any traceback that is logged.
+    """
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs

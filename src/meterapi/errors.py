@@ -37,7 +37,16 @@ class ApiKeyInQuery(DomainError):
 class AmbiguousApiKey(DomainError):
     status_code = 400
     code = "ambiguous_api_key"
-    message = "X-API-Key and Authorization: Bearer carry different keys; send one."
+    message = "The request carries two different API keys; send one."
+
+
+class KeyRotated(DomainError):
+    status_code = 403
+    code = "key_rotated"
+    message = (
+        "This key was rotated: until its grace period ends it may call the API and read, "
+        "nothing else. Use its replacement."
+    )
 
 
 class SubscriptionInactive(DomainError):
@@ -82,6 +91,12 @@ class CheckoutIncomplete(DomainError):
     message = "The Checkout Session is not complete."
 
 
+class CheckoutExpired(CheckoutIncomplete):
+    """Same code and status as an open session (CONTRACT §3); the message tells the buyer."""
+
+    message = "The Checkout Session expired before it was paid; start a new checkout."
+
+
 class AlreadyClaimed(DomainError):
     status_code = 409
     code = "already_claimed"
@@ -122,6 +137,42 @@ class StripeRejected(DomainError):
     status_code = 502
     code = "stripe_error"
     message = "Stripe refused the request."
+
+
+class UpstreamUnavailable(DomainError):
+    status_code = 502
+    code = "upstream_unavailable"
+    message = "The upstream API could not be reached; the call was not billed."
+
+
+class UpstreamTimeout(DomainError):
+    status_code = 504
+    code = "upstream_timeout"
+    message = "The upstream API did not answer in time; the call was not billed."
+
+
+class InvalidAdminToken(DomainError):
+    status_code = 401
+    code = "invalid_admin_token"
+    message = "Send the operator token as Authorization: Bearer <METERAPI_ADMIN_TOKEN>."
+    headers = {"WWW-Authenticate": 'Bearer realm="admin"'}
+
+
+class ReportNotParked(DomainError):
+    status_code = 409
+    code = "report_not_parked"
+    message = "Only a parked usage report can be retried; this one is pending or sent."
+
+
+class EventAlreadyProcessed(DomainError):
+    status_code = 409
+    code = "event_already_processed"
+    message = "This Stripe event was processed already; replaying it would change nothing."
+
+
+class StripeRateLimited(StripeUnavailable):
+    code = "stripe_rate_limited"
+    message = "Stripe is rate limiting this account's requests; try again shortly."
 
 
 class AlreadyDelivered(DomainError):

@@ -8,8 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-# The migrations live beside the package in a source checkout (and in the container image).
-SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+# The migration scripts ship inside the package (package data), so an installed wheel migrates.
+SCRIPT_LOCATION = Path(__file__).resolve().parent / "alembic"
 
 
 def alembic_config(url: str) -> Config:

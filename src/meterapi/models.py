@@ -131,6 +131,9 @@ class ApiKey(SQLModel, table=True):
     last_used_at: datetime | None = _at(nullable=True)
     expires_at: datetime | None = _at(nullable=True)
     revoked_at: datetime | None = _at(nullable=True)
+    # Set when a successor was issued: until expires_at the key is in its rotation grace and may
+    # call the paid API and read, nothing else (CONTRACT §3, key_rotated).
+    rotated_at: datetime | None = _at(nullable=True)
 
 
 class CacheRevision(SQLModel, table=True):
@@ -144,6 +147,21 @@ class CacheRevision(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     revision: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
+
+
+class ProcessHeartbeat(SQLModel, table=True):
+    """One row per running service process: the ``cache_revision`` its key cache has applied,
+    and when it last said so. A revocation waits until every live process has applied it
+    (``keys.invalidation``); a cleanly stopped process deletes its row."""
+
+    __tablename__ = "process_heartbeat"
+
+    id: str = Field(primary_key=True, max_length=40)
+    hostname: str = Field(max_length=255)
+    pid: int
+    revision: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
+    started_at: datetime = _at(default_now=True)
+    seen_at: datetime = _at(default_now=True)
 
 
 class UsageEvent(SQLModel, table=True):
@@ -225,8 +243,28 @@ class StripeEvent(SQLModel, table=True):
     payload: str
     received_at: datetime = _at(default_now=True)
     processed_at: datetime | None = _at(nullable=True)
+    # Set when Stripe's answer made handling fail for good (e.g. 404): stored, answered 2xx,
+    # not re-delivered; unprocessed with last_error, so `meterapi webhooks replay` still can.
+    failed_at: datetime | None = _at(nullable=True)
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=1000)
+
+
+class CustomerLimit(SQLModel, table=True):
+    """A customer's own limits, where they differ from the service's defaults (CONTRACT §7).
+
+    ``rate_limit_set`` false: ``METERAPI_RATE_LIMIT`` applies. True: ``rate_limit`` applies,
+    and NULL there means no rate limit at all. ``monthly_spend_cap`` is in the price's
+    currency's minor units; NULL is no cap.
+    """
+
+    __tablename__ = "customer_limit"
+
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    rate_limit_set: bool = False
+    rate_limit: str | None = Field(default=None, max_length=32)
+    monthly_spend_cap: int | None = Field(default=None, sa_column=Column(BigInteger()))
+    updated_at: datetime = _at(default_now=True)
 
 
 class OutboundStatus(StrEnum):

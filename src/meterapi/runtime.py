@@ -8,10 +8,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.billing.gateway import StripeGateway
+from meterapi.billing.public_limit import PublicRateLimit
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
+from meterapi.metering.limits import Pricing
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
@@ -33,6 +35,8 @@ class Runtime:
     recorder: UsageRecorder
     reporter: Reporter
     invoices: InvoicePreviews
+    public_limit: PublicRateLimit
+    pricing: Pricing
     outbound: Deliverer
 
     @classmethod
@@ -75,6 +79,8 @@ class Runtime:
             recorder=UsageRecorder(make_sessionmaker(ledger_engine), on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
+            public_limit=PublicRateLimit(settings.public_rate_limit),
+            pricing=Pricing(gateway, settings.stripe_price_id),
             outbound=outbound,
         )
 

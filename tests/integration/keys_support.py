@@ -90,3 +90,8 @@ def count_statements(app: FastAPI) -> Iterator[StatementLog]:
 
 def headers(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
+
+
+def wrong_key(key: str) -> str:
+    """``key`` with its last character changed: always a different key (a typo)."""
+    return key[:-1] + ("x" if key[-1] != "x" else "y")

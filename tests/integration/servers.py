@@ -22,12 +22,15 @@ def free_port() -> int:
 class ServiceProcess:
     """``python -m uvicorn meterapi.app:create_app --factory`` with the given environment."""
 
-    def __init__(self, env: dict[str, str], *, log_path: Path, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], *, log_path: Path, workers: int = 1, cli: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.workers = workers
+        self.cli = cli  # `meterapi serve` itself (migrations, emulator, its logging) if True
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60.0) -> ServiceProcess:
@@ -36,6 +39,12 @@ class ServiceProcess:
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
             "--log-level", "warning", "--timeout-graceful-shutdown", "20",
         ]  # fmt: skip
+        if self.cli:
+            command = [
+                sys.executable, "-m", "meterapi.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(self.workers),
+                "--emulator-state", str(self.log_path.with_suffix(".emulator.json")),
+            ]  # fmt: skip
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s

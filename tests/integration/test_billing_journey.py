@@ -15,11 +15,15 @@ import stripe
 from fastapi import FastAPI
 
 from meterapi.app import create_app
+from meterapi.billing.claim import claim_token
 from meterapi.db import Sessionmaker
 from meterapi.models import CheckoutSession
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import make_settings
 from tests.integration.billing_support import WEBHOOK_SECRET, AppServer, inbox
+
+# No Stripe key in these settings: the development pepper stands in for METERAPI_KEY_PEPPER.
+PEPPER = make_settings("sqlite+aiosqlite://").pepper_bytes()
 
 
 @dataclass
@@ -98,18 +102,30 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
         await asyncio.sleep(0.05)
 
 
-async def checkout_and_pay(stack: Stack, email: str = "buyer@example.com") -> str:
+@dataclass
+class Paid:
+    session_id: str
+    claim_token: str
+
+
+async def checkout_and_pay(stack: Stack, email: str = "buyer@example.com") -> Paid:
     created = await stack.api.post("/v1/checkout", json={"email": email})
     assert created.status_code == 201, created.text
     session_id, url = created.json()["id"], created.json()["url"]
     paid = await stack.web.post(url, data={"email": email})  # the hosted page's Pay button
     assert paid.status_code == 303
     assert paid.headers["location"] == f"{stack.app_url}/dashboard?session_id={session_id}"
-    return str(session_id)
+    return Paid(str(session_id), str(created.json()["claim_token"]))
+
+
+async def claim(stack: Stack, paid: Paid) -> httpx.Response:
+    body = {"checkout_session_id": paid.session_id, "claim_token": paid.claim_token}
+    return await stack.api.post("/v1/keys/claim", json=body)
 
 
 async def test_the_whole_journey(stack: Stack, sessionmaker: Sessionmaker) -> None:
-    session_id = await checkout_and_pay(stack)
+    paid = await checkout_and_pay(stack)
+    session_id = paid.session_id
 
     async def provisioned() -> bool:
         async with sessionmaker() as session:
@@ -126,7 +142,7 @@ async def test_the_whole_journey(stack: Stack, sessionmaker: Sessionmaker) -> No
     # By the checkout.session.completed webhook, over HTTP; the events come in any order.
     await eventually(provisioned)
 
-    claimed = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": session_id})
+    claimed = await claim(stack, paid)
     assert claimed.status_code == 201, claimed.text
     body = claimed.json()
     assert set(body) == {"api_key", "key"}
@@ -134,7 +150,7 @@ async def test_the_whole_journey(stack: Stack, sessionmaker: Sessionmaker) -> No
     headers = {"X-API-Key": body["api_key"]}
     assert (await stack.api.get("/v1/data", headers=headers)).status_code == 200
 
-    again = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": session_id})
+    again = await claim(stack, paid)
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "already_claimed"
 
@@ -158,11 +174,11 @@ async def test_the_whole_journey(stack: Stack, sessionmaker: Sessionmaker) -> No
 
 async def test_claim_before_the_webhook(stack: Stack, sessionmaker: Sessionmaker) -> None:
     stack.emulator.set_webhook(None)  # Stripe has not told us yet
-    session_id = await checkout_and_pay(stack)
+    paid = await checkout_and_pay(stack)
     async with sessionmaker() as session:
         assert await inbox(session) == []
 
-    claimed = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": session_id})
+    claimed = await claim(stack, paid)
     assert claimed.status_code == 201, claimed.text
     headers = {"X-API-Key": claimed.json()["api_key"]}
     assert (await stack.api.get("/v1/data", headers=headers)).status_code == 200
@@ -181,32 +197,25 @@ async def test_claim_before_the_webhook(stack: Stack, sessionmaker: Sessionmaker
     assert (await stack.api.get("/v1/data", headers=headers)).status_code == 200
     listed = await stack.api.get("/v1/keys", headers=headers)
     assert len(listed.json()["data"]) == 1
-    again = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": session_id})
+    again = await claim(stack, paid)
     assert again.status_code == 409
 
 
 async def test_concurrent_claims_yield_one_key(stack: Stack) -> None:
     stack.emulator.set_webhook(None)
-    session_id = await checkout_and_pay(stack)
-    responses = await asyncio.gather(
-        *(
-            stack.api.post("/v1/keys/claim", json={"checkout_session_id": session_id})
-            for _ in range(5)
-        )
-    )
+    paid = await checkout_and_pay(stack)
+    responses = await asyncio.gather(*(claim(stack, paid) for _ in range(5)))
     assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409]
 
 
 async def test_open_unknown_and_foreign_sessions_cannot_be_claimed(stack: Stack) -> None:
     created = await stack.api.post("/v1/checkout", json={"client_reference_id": "user-7"})
     assert created.status_code == 201
-    open_claim = await stack.api.post(
-        "/v1/keys/claim", json={"checkout_session_id": created.json()["id"]}
-    )
+    open_claim = await claim(stack, Paid(created.json()["id"], created.json()["claim_token"]))
     assert open_claim.status_code == 402
     assert open_claim.json()["error"]["code"] == "checkout_incomplete"
 
-    unknown = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": "cs_test_nope"})
+    unknown = await claim(stack, Paid("cs_test_nope", claim_token("cs_test_nope", pepper=PEPPER)))
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "not_found"
 
@@ -221,5 +230,54 @@ async def test_open_unknown_and_foreign_sessions_cannot_be_claimed(stack: Stack)
     )
     assert foreign.url is not None
     assert (await stack.web.post(foreign.url, data={"email": "x@example.com"})).status_code == 303
-    refused = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": foreign.id})
+    # Even with the right claim token (which only our checkout hands out).
+    refused = await claim(stack, Paid(foreign.id, claim_token(foreign.id, pepper=PEPPER)))
     assert refused.status_code == 404
+
+
+async def test_a_claimed_key_is_not_stored_by_any_cache(stack: Stack) -> None:
+    created = await stack.api.post("/v1/checkout", json={"email": "nostore@example.com"})
+    session_id, url = created.json()["id"], created.json()["url"]
+    assert (await stack.web.post(url, data={"email": "nostore@example.com"})).status_code == 303
+    claim = {"checkout_session_id": session_id}
+    if "claim_token" in created.json():
+        claim["claim_token"] = created.json()["claim_token"]
+    claimed = await stack.api.post("/v1/keys/claim", json=claim)
+    again = await stack.api.post("/v1/keys/claim", json=claim)
+    unknown = await stack.api.post("/v1/keys/claim", json={"checkout_session_id": "cs_test_nope"})
+    assert [r.status_code for r in (claimed, again, unknown)] == [201, 409, 404]
+    for response in (claimed, again, unknown):
+        assert response.headers["cache-control"] == "no-store"
+
+
+async def test_a_claim_needs_the_token_checkout_gave(stack: Stack) -> None:
+    """The session id alone (it shows in URLs and logs) does not reveal the key: a missing or
+    wrong claim token gets the very answer an unknown session gets."""
+    stack.emulator.set_webhook(None)
+    paid = await checkout_and_pay(stack)
+    other = await checkout_and_pay(stack, email="other@example.com")
+    assert paid.claim_token and paid.claim_token != other.claim_token
+    assert paid.session_id not in paid.claim_token
+
+    unknown = await claim(stack, Paid("cs_test_nope", "x"))
+    wrong_tokens: list[dict[str, object]] = [
+        {"checkout_session_id": paid.session_id},
+        {"checkout_session_id": paid.session_id, "claim_token": None},
+        {"checkout_session_id": paid.session_id, "claim_token": ""},
+        {"checkout_session_id": paid.session_id, "claim_token": other.claim_token},
+        {"checkout_session_id": paid.session_id, "claim_token": paid.claim_token[:-1]},
+        {"checkout_session_id": paid.session_id, "claim_token": paid.claim_token + "A"},
+        {"checkout_session_id": paid.session_id, "claim_token": "é" * 10},
+    ]
+    for body in wrong_tokens:
+        refused = await stack.api.post("/v1/keys/claim", json=body)
+        assert refused.status_code == unknown.status_code == 404, body
+        assert refused.json() == unknown.json(), body
+
+    # The refused attempts changed nothing: the buyer's browser still claims its key, once.
+    claimed = await claim(stack, paid)
+    assert claimed.status_code == 201, claimed.text
+    assert (
+        await stack.api.get("/v1/data", headers={"X-API-Key": claimed.json()["api_key"]})
+    ).status_code == 200
+    assert (await claim(stack, other)).status_code == 201

@@ -183,3 +183,72 @@ async def test_a_malformed_key_id_is_refused_before_the_database(
             response = await client.delete(path, headers=headers(key))
         assert response.status_code == 422, path
         assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_responses_that_can_reveal_a_key_are_not_stored(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    created = await client.post("/v1/keys", headers=headers(key))
+    rotated = await client.post(
+        f"/v1/keys/{created.json()['key']['id']}/rotate", headers=headers(key)
+    )
+    assert (created.status_code, rotated.status_code) == (201, 201)
+    refused = [
+        await client.post("/v1/keys", headers=headers(key), json={"expires_at": "2001-01-01"}),
+        await client.post("/v1/keys"),
+        await client.post("/v1/keys/key_nope/rotate", headers=headers(key)),
+        await client.post("/v1/keys/claim", json={"checkout_session_id": "not a session id"}),
+    ]
+    assert [r.status_code for r in refused] == [422, 401, 404, 422]
+    for response in [created, rotated, *refused]:
+        assert response.headers["cache-control"] == "no-store"
+    # Only those: a listing reveals no key.
+    assert "cache-control" not in (await client.get("/v1/keys", headers=headers(key))).headers
+
+
+async def test_a_rotated_key_in_its_grace_may_call_and_read_only(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, old = await seed_customer_with_key(app)
+    [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
+    rotated = await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))
+    assert rotated.status_code == 201
+    new, new_id = rotated.json()["api_key"], rotated.json()["key"]["id"]
+    # Still in its grace: the paid API and the reading routes.
+    for path in ("/v1/data", "/v1/keys", "/v1/usage"):
+        assert (await client.get(path, headers=headers(old))).status_code == 200, path
+    # Everything else is refused: no permanent key, no revoking or rotating its successor.
+    refused = [
+        await client.post("/v1/keys", headers=headers(old)),
+        await client.delete(f"/v1/keys/{new_id}", headers=headers(old)),
+        await client.post(f"/v1/keys/{new_id}/rotate", headers=headers(old)),
+        await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old)),
+        await client.post("/v1/billing/portal", headers=headers(old)),
+    ]
+    for response in refused:
+        assert response.status_code == 403, response.request.url
+        assert response.json()["error"]["code"] == "key_rotated"
+    assert len((await client.get("/v1/keys", headers=headers(new))).json()["data"]) == 2
+    # The successor has every right, and so has a key that merely expires one day.
+    expiring = await client.post(
+        "/v1/keys", headers=headers(new), json={"expires_at": "2999-01-01T00:00:00Z"}
+    )
+    assert expiring.status_code == 201
+    also = await client.post("/v1/keys", headers=headers(expiring.json()["api_key"]))
+    assert also.status_code == 201
+    revoke = await client.delete(f"/v1/keys/{also.json()['key']['id']}", headers=headers(new))
+    assert revoke.status_code == 204
+
+
+async def test_a_rotated_key_is_refused_from_a_cold_cache_too(app: FastAPI) -> None:
+    """The grace is known from the database row, not from the process that rotated."""
+    _, old = await seed_customer_with_key(app)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
+        await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))
+        runtime_of(app).keys.cache.clear()
+        refused = await client.post("/v1/keys", headers=headers(old))
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "key_rotated"
+        assert (await client.get("/v1/data", headers=headers(old))).status_code == 200

@@ -69,6 +69,43 @@ async def test_two_different_keys_are_ambiguous(app: FastAPI, client: httpx.Asyn
     assert _code(response) == "ambiguous_api_key"
 
 
+@pytest.mark.parametrize(
+    "shape",
+    ["x-api-key twice", "bearer twice", "bearer then x-api-key", "x-api-key, bearer, x-api-key"],
+)
+async def test_a_repeated_header_with_another_key_is_ambiguous(
+    app: FastAPI, client: httpx.AsyncClient, shape: str
+) -> None:
+    customer_id, key = await seed_customer_with_key(app)
+    _, other = await seed_key(app, customer_id)
+    sent = {
+        "x-api-key twice": [("X-API-Key", key), ("X-API-Key", other)],
+        "bearer twice": [("Authorization", f"Bearer {key}"), ("Authorization", f"Bearer {other}")],
+        "bearer then x-api-key": [("Authorization", f"Bearer {key}"), ("X-API-Key", other)],
+        "x-api-key, bearer, x-api-key": [
+            ("X-API-Key", key),
+            ("Authorization", f"Bearer {key}"),
+            ("X-API-Key", other),
+        ],
+    }[shape]
+    for path in ("/v1/data", "/v1/keys"):
+        response = await client.get(path, headers=sent)
+        assert response.status_code == 400, (shape, path)
+        assert _code(response) == "ambiguous_api_key"
+        assert key not in response.text and other not in response.text
+
+
+async def test_the_same_key_repeated_is_not_ambiguous(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, key = await seed_customer_with_key(app)
+    sent = [("X-API-Key", key), ("X-API-Key", key), ("Authorization", f"Bearer {key}")]
+    assert (await client.get("/v1/data", headers=sent)).status_code == 200
+    # An empty repeat, or a non-Bearer Authorization beside the key, adds no second key.
+    sent = [("X-API-Key", key), ("X-API-Key", ""), ("Authorization", "Basic dXNlcjpwYXNz")]
+    assert (await client.get("/v1/data", headers=sent)).status_code == 200
+
+
 async def test_every_bad_key_gets_the_same_401(app: FastAPI, client: httpx.AsyncClient) -> None:
     customer_id, good = await seed_customer_with_key(app)
     revoked, revoked_key = await seed_key(app, customer_id)

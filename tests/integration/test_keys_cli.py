@@ -17,7 +17,7 @@ from meterapi.db import make_engine, make_sessionmaker
 from meterapi.keys import format as key_format
 from meterapi.models import ApiKey
 from tests.conftest import make_settings
-from tests.integration.keys_support import headers, seed_customer
+from tests.integration.keys_support import headers, seed_customer, wrong_key
 
 PEPPER = "pepper-that-must-never-be-logged-7Qx"
 
@@ -119,7 +119,7 @@ async def test_no_key_and_no_pepper_in_the_logs(
             ).json()
             secrets.append(rotated["api_key"])
             await client.get("/v1/data", headers=headers(created["api_key"]))  # now refused
-            await client.get("/v1/data", headers=headers(first[:-1] + "x"))
+            await client.get("/v1/data", headers=headers(wrong_key(first)))
             await client.get("/v1/keys", headers=headers(rotated["api_key"]))
             await client.delete(f"/v1/keys/{rotated['key']['id']}", headers=headers(first))
             await app.state.runtime.keys.last_used.flush()

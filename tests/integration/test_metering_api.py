@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import httpx
 import stripe
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 from sqlmodel import func, select
 
-from meterapi.api.metering import MeteredRoute, cost, paying_caller
+from meterapi import PaidCaller, Usage
 from meterapi.models import Customer, UsageEvent
 from meterapi.stripe_emulator import EmulatorControl
-from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key
+from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key, wrong_key
 
 
 async def subscribed_customer(
@@ -57,7 +57,7 @@ async def test_only_successful_calls_are_billed(
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
     refused = [
         await client.get("/v1/data"),
-        await client.get("/v1/data", headers=headers(key[:-1] + "x")),
+        await client.get("/v1/data", headers=headers(wrong_key(key))),
         await client.get("/v1/data", headers=headers(key), params={"api_key": key}),
         await client.get("/v1/keys", headers=headers(key)),  # free
         await client.get("/v1/usage", headers=headers(key)),  # free; caches a preview of 0
@@ -193,19 +193,20 @@ async def test_a_lapsed_customer_keeps_self_service_but_not_the_paid_api(
     assert await ledger_units(app) == 0
 
 
-async def test_paid_routes_cost_what_they_declare(app: FastAPI, client: httpx.AsyncClient) -> None:
-    """``cost(0)``: paid access checked, nothing billed. An endpoint with parameters goes
-    through FastAPI's validation and is billed only when it answers 2xx."""
-    router = APIRouter(route_class=MeteredRoute)
+async def test_paid_routes_cost_what_they_charge(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """A route that charges nothing needs a paying caller all the same; a route with
+    parameters goes through FastAPI's validation and is billed only when it answers 2xx."""
+    router = APIRouter()
 
-    async def included(request: Request) -> Response:
-        return Response('{"ok": true}', media_type="application/json")
+    @router.get("/t/included")
+    async def included(caller: PaidCaller) -> dict[str, bool]:
+        return {"ok": True}
 
-    async def priced(n: int, request: Request) -> dict[str, int]:
-        return {"n": n, "customer_id": paying_caller(request).customer_id}
+    @router.get("/t/priced")
+    async def priced(n: int, caller: PaidCaller, usage: Usage) -> dict[str, int | str]:
+        usage.charge(2)
+        return {"n": n, "customer_id": caller.customer_id}
 
-    router.add_api_route("/t/included", included, openapi_extra=cost(0))
-    router.add_api_route("/t/priced", priced, openapi_extra=cost(2))
     app.include_router(router)
     customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_t")
     _key, key = await seed_key(app, customer_id)
@@ -213,7 +214,7 @@ async def test_paid_routes_cost_what_they_declare(app: FastAPI, client: httpx.As
     assert (await client.get("/t/included")).status_code == 401
     assert (await client.get("/t/included", headers=headers(key))).status_code == 200
     priced_ok = await client.get("/t/priced", params={"n": 5}, headers=headers(key))
-    assert priced_ok.json() == {"n": 5, "customer_id": customer_id}
+    assert priced_ok.json() == {"n": 5, "customer_id": "cus_t"}
     invalid = await client.get("/t/priced", params={"n": "x"}, headers=headers(key))
     assert invalid.status_code == 422
     assert (await client.get("/t/priced", params={"n": 1})).status_code == 401

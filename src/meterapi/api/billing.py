@@ -7,8 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterapi.api.deps import CustomerDep, GatewayDep, SessionDep, SettingsDep
+from meterapi.api.deps import (
+    CustomerDep,
+    GatewayDep,
+    PublicRateLimitDep,
+    SessionDep,
+    SettingsDep,
+)
 from meterapi.billing import checkout
+from meterapi.billing.claim import claim_token
 from meterapi.errors import NotFound
 from meterapi.models import Customer
 
@@ -36,6 +43,9 @@ class CheckoutCreate(BaseModel):
 class CheckoutOut(BaseModel):
     id: str = Field(description="The Checkout Session id (cs_…); claim the key with it.")
     url: str = Field(description="Stripe's hosted Checkout page; send the customer there.")
+    claim_token: str = Field(
+        description="A secret for the buyer's browser: POST /v1/keys/claim needs it with the id."
+    )
 
 
 class PortalOut(BaseModel):
@@ -53,7 +63,8 @@ _STRIPE_ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=201,
     response_model=CheckoutOut,
     summary="Start a subscription: a Stripe Checkout Session for the metered price",
-    responses=_STRIPE_ERRORS,
+    responses={429: {"description": "Too many from this address (rate_limited)"}, **_STRIPE_ERRORS},
+    dependencies=[PublicRateLimitDep],
 )
 async def create_checkout(
     gateway: GatewayDep,
@@ -67,7 +78,8 @@ async def create_checkout(
         email=body.email,
         client_reference_id=body.client_reference_id,
     )
-    return CheckoutOut(id=link.id, url=link.url)
+    token = claim_token(link.id, pepper=settings.pepper_bytes())
+    return CheckoutOut(id=link.id, url=link.url, claim_token=token)
 
 
 @router.post(
@@ -77,7 +89,7 @@ async def create_checkout(
     summary="Open the Stripe customer portal for the caller's own customer",
     responses={
         401: {"description": "Missing or invalid API key"},
-        402: {"description": "The subscription does not allow access"},
+        403: {"description": "The key is in its rotation grace period (key_rotated)"},
         **_STRIPE_ERRORS,
     },
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterapi.api.deps import GatewayDep, RuntimeDep, SessionDep
+from meterapi.api.deps import GatewayDep, PublicRateLimitDep, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyCreated
 from meterapi.billing.claim import claim_first_key
 
@@ -22,6 +22,11 @@ class KeyClaim(BaseModel):
         pattern=r"^[A-Za-z0-9_]+$",
         description="The Checkout Session id (cs_…).",
     )
+    claim_token: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The claim_token that POST /v1/checkout returned with this session.",
+    )
 
 
 @router.post(
@@ -31,10 +36,12 @@ class KeyClaim(BaseModel):
     summary="Reveal the first API key of a completed Checkout Session (once only)",
     responses={
         402: {"description": "The Checkout Session is open or expired (checkout_incomplete)"},
-        404: {"description": "No such Checkout Session for this service"},
+        404: {"description": "No such Checkout Session for this service, or a wrong claim token"},
         409: {"description": "This session's key was already claimed (already_claimed)"},
+        429: {"description": "Too many claims from this address (rate_limited)"},
         503: {"description": "Stripe could not be reached to check the session"},
     },
+    dependencies=[PublicRateLimitDep],
 )
 async def claim_key(
     body: KeyClaim, session: SessionDep, gateway: GatewayDep, runtime: RuntimeDep
@@ -42,6 +49,7 @@ async def claim_key(
     key, plaintext = await claim_first_key(
         session,
         checkout_session_id=body.checkout_session_id,
+        claim_token=body.claim_token,
         gateway=gateway,
         price_id=runtime.settings.stripe_price_id,
         pepper=runtime.keys.pepper,

@@ -1,13 +1,13 @@
-"""``GET /v1/data``: the example paid resource."""
+"""``GET /v1/data``: the example paid resource, written as any paid route is (CONTRACT §6)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
-from meterapi.api.metering import MeteredRoute, cost, paying_caller
+from meterapi.api.paid import PaidCaller, Usage
 
-router = APIRouter(prefix="/v1", tags=["data"], route_class=MeteredRoute)
+router = APIRouter(prefix="/v1", tags=["data"])
 
 
 class DataOut(BaseModel):
@@ -20,7 +20,6 @@ class DataOut(BaseModel):
     "/data",
     response_model=DataOut,
     summary="The example paid resource (costs 1 unit)",
-    openapi_extra=cost(1),
     responses={
         400: {"description": "Key sent in the query string, or two different keys sent"},
         401: {"description": "Missing or invalid API key"},
@@ -28,8 +27,8 @@ class DataOut(BaseModel):
         503: {"description": "The call could not be recorded, so it was not served"},
     },
 )
-async def get_data(request: Request) -> Response:
-    caller = paying_caller(request)
-    body = DataOut(customer_id=caller.stripe_customer_id, items=[1, 2, 3])
-    # Already JSON: FastAPI need not validate and encode it again on the hottest path.
+async def get_data(caller: PaidCaller, usage: Usage) -> Response:
+    usage.charge(1)
+    body = DataOut(customer_id=caller.customer_id, items=[1, 2, 3])
+    # Already JSON: FastAPI need not validate and encode it again.
     return Response(body.model_dump_json(), media_type="application/json")

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hmac
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.db import session_scope
-from meterapi.errors import AmbiguousApiKey, ApiKeyInQuery, DomainError, MissingApiKey
+from meterapi.errors import (
+    AmbiguousApiKey,
+    ApiKeyInQuery,
+    DomainError,
+    InvalidAdminToken,
+    KeyRotated,
+    MissingApiKey,
+    NotFound,
+)
 from meterapi.keys.service import Principal
 from meterapi.runtime import Runtime
 
@@ -51,6 +60,15 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+async def limit_public_caller(request: Request, runtime: RuntimeDep) -> None:
+    """Count an unauthenticated call that costs a Stripe call against the client's address."""
+    await runtime.public_limit.hit(request.client.host if request.client else "unknown")
+
+
+# For routes anyone may call that reach Stripe before a key exists (checkout, claim).
+PublicRateLimitDep = Depends(limit_public_caller)
+
+
 # -- API keys --------------------------------------------------------------------------------
 
 API_KEY_SCHEME = "ApiKey"
@@ -65,8 +83,9 @@ class ApiKeyAuth(APIKeyHeader):
     read here too.
     """
 
-    def __init__(self, *, require_access: bool) -> None:
+    def __init__(self, *, require_access: bool, allow_rotated: bool) -> None:
         self.require_access = require_access
+        self.allow_rotated = allow_rotated
         super().__init__(
             name="X-API-Key",
             scheme_name=API_KEY_SCHEME,
@@ -76,25 +95,32 @@ class ApiKeyAuth(APIKeyHeader):
         )
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        return await require_api_key(request, require_access=self.require_access)
+        return await require_api_key(
+            request, require_access=self.require_access, allow_rotated=self.allow_rotated
+        )
 
 
-async def require_api_key(request: Request, *, require_access: bool = True) -> Principal:
+async def require_api_key(
+    request: Request, *, require_access: bool = True, allow_rotated: bool = True
+) -> Principal:
     """The authenticated caller; every refusal is a ``DomainError`` (CONTRACT §3).
 
     ``require_access`` also refuses (402) a customer whose subscription does not allow use of
-    the paid API; the customer's self-service routes pass False.
+    the paid API; the customer's self-service routes pass False. ``allow_rotated=False``
+    refuses (403) a key in its rotation grace period: it may call the paid API and read, but
+    not manage keys or billing.
     """
     # The runtime straight from the app, not RuntimeDep: one dependency level less on the
     # hot path. A warm key opens no database session at all.
     runtime: Runtime = request.app.state.runtime
     try:
         principal = await _authenticate(request, runtime, require_access=require_access)
+        if principal.rotated and not allow_rotated:
+            raise KeyRotated()
     except DomainError as exc:
         runtime.metrics.auth_outcomes.inc(code=exc.code)
         raise
     runtime.metrics.auth_outcomes.inc(code="ok")
-    request.state.principal = principal  # for metered routes (api.metering)
     return principal
 
 
@@ -104,26 +130,83 @@ async def _authenticate(request: Request, runtime: Runtime, *, require_access: b
         name.lower() in _QUERY_NAMES for name in request.query_params
     ):
         raise ApiKeyInQuery()
-    header_key = request.headers.get("x-api-key")
-    bearer_key = None
-    authorization = request.headers.get("authorization")
-    if authorization:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            bearer_key = credentials.strip()
-    if header_key and bearer_key and header_key != bearer_key:
-        raise AmbiguousApiKey()
-    presented = header_key or bearer_key
-    if not presented:
+    presented = presented_key(request.scope["headers"])
+    if presented is None:
         raise MissingApiKey()
     return await runtime.keys.authenticate(presented, require_access=require_access)
 
 
+def presented_key(raw_headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The one key a request carries in ``X-API-Key`` or ``Authorization: Bearer``, or None.
+
+    Every occurrence of both headers is read, not just the first: two different keys in one
+    request (the two headers disagreeing, or either repeated) are refused with
+    ``AmbiguousApiKey`` rather than letting whichever comes first win. Empty values count as
+    absent; the same key sent twice is not ambiguous.
+    """
+    found: str | None = None
+    for name, value in raw_headers:
+        if name == b"x-api-key":
+            key = value.decode("latin-1").strip()
+        elif name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+            key = credentials.strip()
+        else:
+            continue
+        if not key:
+            continue
+        if found is not None and key != found:
+            raise AmbiguousApiKey()
+        found = key
+    return found
+
+
 # One instance each, so FastAPI resolves each once per request.
-_paid_access = ApiKeyAuth(require_access=True)
-_self_service = ApiKeyAuth(require_access=False)
-# The paid API: a valid key of a customer whose subscription allows access.
+_paid_access = ApiKeyAuth(require_access=True, allow_rotated=True)
+_self_service = ApiKeyAuth(require_access=False, allow_rotated=False)
+_self_service_read = ApiKeyAuth(require_access=False, allow_rotated=True)
+# The paid API: a valid key of a customer whose subscription allows access (a rotated key in
+# its grace period included: that is what the grace is for).
 ApiKeyDep = Annotated[Principal, Security(_paid_access)]
 # The customer's own keys, usage and billing: any valid key, whatever the subscription's state,
-# so a lapsed customer can still see what they owe and reach the billing portal.
+# so a lapsed customer can still see what they owe and reach the billing portal. Not a rotated
+# key in its grace period (403 key_rotated): whoever holds only the old key must not be able to
+# mint a permanent one or revoke its successor. The default for anything a customer changes.
 CustomerDep = Annotated[Principal, Security(_self_service)]
+# The same for reading only (GET /v1/keys, /v1/usage, /v1/limits): a rotated key may.
+CustomerReadDep = Annotated[Principal, Security(_self_service_read)]
+
+
+# -- the operator ------------------------------------------------------------------------------
+
+ADMIN_SCHEME = "AdminToken"
+
+
+class AdminAuth(HTTPBearer):
+    """The operator's bearer scheme in the OpenAPI document, and the check: the presented token
+    against ``METERAPI_ADMIN_TOKEN``, compared in constant time."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name=ADMIN_SCHEME,
+            description="The operator token, `METERAPI_ADMIN_TOKEN` (at least 32 characters).",
+            auto_error=False,
+        )
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        expected = runtime.settings.admin_token
+        if expected is None:  # the routes are not even mounted then; this is a second lock
+            raise NotFound()
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        given = presented.strip().encode("utf-8", errors="replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given, expected.get_secret_value().encode()
+        ):
+            raise InvalidAdminToken()
+
+
+# Declared on the operator routers; each route then shows the scheme in the document.
+ADMIN_AUTH = Security(AdminAuth())

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from meterapi.api.deps import CustomerDep, RuntimeDep, SessionDep
+from meterapi.api.deps import CustomerDep, CustomerReadDep, RuntimeDep, SessionDep
 from meterapi.keys import service
 from meterapi.models import ApiKey
 
@@ -18,6 +18,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Key sent in the query string, or two different keys sent"},
     401: {"description": "Missing or invalid API key"},
     402: {"description": "The subscription does not allow access"},
+}
+_MANAGING: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    403: {"description": "The key is in its rotation grace period (key_rotated)"},
 }
 
 
@@ -72,9 +76,15 @@ class KeyCreate(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        try:
+            # 9999-12-31T23:59:59-14:00 is a valid input whose UTC time is past year 9999.
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is out of range") from None
 
 
 class KeyRotate(BaseModel):
@@ -94,7 +104,7 @@ class KeyRotate(BaseModel):
     response_model=KeyList,
     responses=_ERRORS,
 )
-async def list_keys(caller: CustomerDep, session: SessionDep) -> KeyList:
+async def list_keys(caller: CustomerReadDep, session: SessionDep) -> KeyList:
     keys = await service.list_keys(session, customer_id=caller.customer_id)
     return KeyList(data=[KeyPublic.model_validate(k) for k in keys])
 
@@ -104,7 +114,7 @@ async def list_keys(caller: CustomerDep, session: SessionDep) -> KeyList:
     status_code=201,
     response_model=KeyCreated,
     summary="Create another key; its plaintext is in this response only",
-    responses={**_ERRORS, 422: {"description": "Malformed body, or expires_at in the past"}},
+    responses={**_MANAGING, 422: {"description": "Malformed body, or expires_at in the past"}},
 )
 async def create_key(
     caller: CustomerDep,
@@ -129,7 +139,7 @@ async def create_key(
     status_code=201,
     response_model=KeyCreated,
     summary="Replace a key; the old one keeps working for grace_seconds (default 3600)",
-    responses={**_ERRORS, 404: {"description": "No active key of yours with this id"}},
+    responses={**_MANAGING, 404: {"description": "No active key of yours with this id"}},
 )
 async def rotate_key(
     key_id: KeyIdPath,
@@ -155,7 +165,7 @@ async def rotate_key(
     status_code=204,
     summary="Revoke a key now, in every worker and replica",
     responses={
-        **_ERRORS,
+        **_MANAGING,
         404: {"description": "No key of yours with this id"},
         409: {"description": "Your only active key: rotate it instead (grace_seconds: 0)"},
     },

@@ -7,11 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.api.deps import CustomerDep, RuntimeDep, SessionDep
+from meterapi.api.deps import CustomerReadDep, RuntimeDep, SessionDep
 from meterapi.errors import NotFound
 from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, utcnow
+from meterapi.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -50,10 +52,15 @@ class UsageOut(BaseModel):
     summary="Your usage this billing period (from the ledger) and your upcoming invoice",
     responses={401: {"description": "Missing or invalid API key"}},
 )
-async def get_usage(caller: CustomerDep, session: SessionDep, runtime: RuntimeDep) -> UsageOut:
+async def get_usage(caller: CustomerReadDep, session: SessionDep, runtime: RuntimeDep) -> UsageOut:
     customer = await session.get(Customer, caller.customer_id)
     if customer is None:
         raise NotFound()
+    return await usage_of(customer, session=session, runtime=runtime)
+
+
+async def usage_of(customer: Customer, *, session: AsyncSession, runtime: Runtime) -> UsageOut:
+    """One customer's usage as ``GET /v1/usage`` shows it (the operator API shows it too)."""
     totals = await usage_totals(session, customer=customer, now=utcnow())
     # Hand the connection back before waiting on Stripe: a slow Stripe must not hold the pool
     # that key lookups need.

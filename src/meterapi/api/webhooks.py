@@ -18,9 +18,12 @@ router = APIRouter(tags=["billing"])
     "/webhooks/stripe",
     summary="Stripe webhooks: signature checked, each event handled once",
     responses={
-        200: {"description": "Processed, ignored (not about us) or a duplicate"},
-        400: {"description": "Missing, invalid or stale Stripe-Signature: nothing stored"},
-        500: {"description": "Handling failed; the event is kept and Stripe will re-deliver"},
+        200: {
+            "description": "Processed, ignored (not about us), a duplicate, or failed "
+            "permanently (Stripe does not know what it names; kept for the operator)"
+        },
+        400: {"description": "Bad or stale Stripe-Signature, or not an event: nothing stored"},
+        500: {"description": "Handling failed for now; the event is kept, Stripe re-delivers"},
     },
 )
 async def receive_stripe_event(

@@ -26,7 +26,8 @@ async def start_checkout(
         price_id=settings.stripe_price_id,
         # Stripe substitutes the literal {CHECKOUT_SESSION_ID} when it redirects.
         success_url=f"{dashboard_url(settings)}?session_id={{CHECKOUT_SESSION_ID}}",
-        cancel_url=dashboard_url(settings),
+        # The dashboard says the checkout was cancelled (and forgets its claim token).
+        cancel_url=f"{dashboard_url(settings)}?checkout=cancelled",
         customer_email=email,
         client_reference_id=client_reference_id,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import Any
 
 from sqlalchemy import update
@@ -10,17 +13,34 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.billing.subscriptions import object_id, provision_from_checkout, stripe_time
-from meterapi.errors import AlreadyClaimed, CheckoutIncomplete, NotFound
+from meterapi.errors import AlreadyClaimed, CheckoutExpired, CheckoutIncomplete, NotFound
 from meterapi.keys import service as key_service
 from meterapi.models import ApiKey, CheckoutSession, utcnow
 
 FIRST_KEY_NAME = "default"
 
 
+def claim_token(checkout_session_id: str, *, pepper: bytes) -> str:
+    """The secret that proves a claim comes from the browser that started the checkout.
+
+    Stateless: base64url(HMAC-SHA-256(pepper, "claim:" + session id)), so nothing is stored and
+    a session id read from a URL or a log is not enough to claim its key.
+    """
+    mac = hmac.new(pepper, f"claim:{checkout_session_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def claim_token_matches(checkout_session_id: str, token: str | None, *, pepper: bytes) -> bool:
+    """Compare in constant time; a missing token never matches."""
+    expected = claim_token(checkout_session_id, pepper=pepper).encode("ascii")
+    return hmac.compare_digest(expected, (token or "").encode("utf-8", "replace"))
+
+
 async def claim_first_key(
     session: AsyncSession,
     *,
     checkout_session_id: str,
+    claim_token: str | None,
     gateway: StripeGateway,
     price_id: str | None,
     pepper: bytes,
@@ -30,9 +50,11 @@ async def claim_first_key(
 
     If the webhook has not been processed yet, the session and its subscription are fetched
     from Stripe and provisioned through the same path the webhook uses. Raises ``NotFound``
-    (unknown, or not for our price), ``CheckoutIncomplete`` (open or expired) or
-    ``AlreadyClaimed``.
+    (unknown, not for our price, or a wrong or missing claim token: one answer),
+    ``CheckoutIncomplete`` (open or expired) or ``AlreadyClaimed``.
     """
+    if not claim_token_matches(checkout_session_id, claim_token, pepper=pepper):
+        raise NotFound("No such checkout session.")  # before any lookup: costs no Stripe call
     row = await session.get(CheckoutSession, checkout_session_id)
     if row is None:
         await _provision_from_stripe(
@@ -64,6 +86,8 @@ async def _provision_from_stripe(
     found = await gateway.retrieve_checkout_session(checkout_session_id)
     if found.get("mode") != "subscription":
         raise NotFound("No such checkout session.")
+    if found.get("status") == "expired":
+        raise CheckoutExpired()
     if found.get("status") != "complete":
         raise CheckoutIncomplete()
     subscription: Any = found.get("subscription")

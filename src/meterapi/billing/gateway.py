@@ -6,17 +6,25 @@ the service never depends on the SDK's types, and the emulator or real Stripe si
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import stripe
 
 from meterapi.config import EMULATOR_KEY, Settings
-from meterapi.errors import InvalidSignature, NotFound, StripeRejected, StripeUnavailable
+from meterapi.errors import (
+    InvalidSignature,
+    NotFound,
+    StripeRateLimited,
+    StripeRejected,
+    StripeUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,32 @@ def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
     )
 
 
+UNKNOWN_SESSION_TTL_S = 60.0
+
+
+class ExpiringSet:
+    """Strings remembered for ``ttl_s`` seconds; the oldest go first when ``max_size`` is hit."""
+
+    def __init__(self, *, ttl_s: float, max_size: int) -> None:
+        self.ttl_s, self.max_size = ttl_s, max_size
+        self._until: dict[str, float] = {}  # insertion order = expiry order
+
+    def add(self, value: str) -> None:
+        self._until.pop(value, None)
+        while len(self._until) >= self.max_size:
+            del self._until[next(iter(self._until))]
+        self._until[value] = time.monotonic() + self.ttl_s
+
+    def holds(self, value: str) -> bool:
+        until = self._until.get(value)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._until[value]
+            return False
+        return True
+
+
 @dataclass(frozen=True)
 class CheckoutLink:
     """A new Checkout Session: its id and the hosted page to send the customer to."""
@@ -60,9 +94,34 @@ def _domain_error(exc: stripe.StripeError, what: str) -> Exception:
     """Map an SDK error to a ``DomainError`` whose message holds no request data or secret."""
     if isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404:
         return NotFound(f"No such {what}.")
+    if exc.http_status == 409:  # a lock conflict on Stripe's side: worth trying again
+        return StripeUnavailable()
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError | stripe.CardError):
         return StripeRejected(f"Stripe refused the {what} request ({exc.http_status}).")
     return StripeUnavailable()
+
+
+NOT_AN_EVENT = "The webhook body is not a Stripe event."
+# Event times a datetime can hold, whatever the zone: 1970 to the end of year 9998.
+_LATEST_EVENT_TIME = 253_370_764_800
+
+
+def _is_event(value: Any) -> bool:
+    """The shape every handler relies on: an object with id, type, created and data.object."""
+    if not isinstance(value, dict):
+        return False
+    created = value.get("created")
+    data = value.get("data")
+    return (
+        isinstance(value.get("id"), str)
+        and bool(value["id"])
+        and isinstance(value.get("type"), str)
+        and isinstance(created, int)
+        and not isinstance(created, bool)
+        and 0 <= created < _LATEST_EVENT_TIME
+        and isinstance(data, dict)
+        and isinstance(data.get("object"), dict)
+    )
 
 
 def _reason(exc: stripe.StripeError) -> str:
@@ -87,6 +146,9 @@ class StripeGateway:
             base_addresses={"api": base, "meter_events": base},
             max_network_retries=2,
         )
+        self._unknown_sessions = ExpiringSet(ttl_s=UNKNOWN_SESSION_TTL_S, max_size=10_000)
+        self._meter_id: str | None = None
+        self._prices: dict[str, tuple[Decimal, str]] = {}
         secret = settings.stripe_webhook_secret
         self.webhook_secret = (
             secret.get_secret_value() if secret is not None else EMULATOR_WEBHOOK_SECRET
@@ -94,6 +156,14 @@ class StripeGateway:
 
     def __repr__(self) -> str:
         return f"StripeGateway(api_base={self.settings.stripe_api_base!r})"
+
+    def read_requests_per_second(self) -> float | None:
+        """A pace for bulk reads that stays under Stripe's limit (25/s in test mode, 100/s in
+        live mode, shared with everything else the account does); None for the emulator."""
+        key = self.settings.stripe_secret_key
+        if key is None:
+            return None
+        return 80.0 if "_live_" in key.get_secret_value() else 20.0
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
@@ -129,19 +199,69 @@ class StripeGateway:
             return MeterEventResult(Delivery.RETRY, _reason(exc))
         return MeterEventResult(Delivery.ACCEPTED)
 
-    async def meter_event_total(
+    async def find_meter_id(self) -> str:
+        """The active meter of the configured event name (looked up once, then remembered)."""
+        if self._meter_id is not None:
+            return self._meter_id
+        event_name = self.settings.stripe_meter_event_name
+        try:
+            meters = await self._client.v1.billing.meters.list_async(params={"limit": 100})
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "meter") from exc
+        for meter in meters.data:
+            if meter.event_name == event_name and meter.status == "active":
+                self._meter_id = meter.id
+                return meter.id
+        raise NotFound(f"No active Stripe meter has the event name {event_name!r}.")
+
+    async def meter_usage_total(
         self, *, meter_id: str, stripe_customer_id: str, start: datetime, end: datetime
     ) -> int:
-        """Stripe's summed value for a customer over [start, end), bounds on whole minutes."""
-        summaries = await self._client.v1.billing.meters.event_summaries.list_async(
-            meter_id,
-            params={
-                "customer": stripe_customer_id,
-                "start_time": int(start.timestamp()) // 60 * 60,
-                "end_time": -(-int(end.timestamp()) // 60) * 60,
-            },
-        )
-        return int(sum(s.aggregated_value for s in summaries.data))
+        """Stripe's summed value for a customer over [start, end), every page of summaries read.
+
+        The bounds are rounded outwards to whole minutes, as Stripe requires. One call per page,
+        none retried here: ``StripeRateLimited`` on a 429 lets the caller back off and pace.
+        """
+        params: dict[str, Any] = {
+            "customer": stripe_customer_id,
+            "start_time": int(start.timestamp()) // 60 * 60,
+            "end_time": -(-int(end.timestamp()) // 60) * 60,
+            "limit": 100,
+        }
+        total = Decimal(0)
+        while True:
+            try:
+                page = await self._client.v1.billing.meters.event_summaries.list_async(
+                    meter_id,
+                    params=params,  # type: ignore[arg-type]
+                    options={"max_network_retries": 0},
+                )
+            except stripe.RateLimitError as exc:
+                raise StripeRateLimited() from exc
+            except stripe.StripeError as exc:
+                raise _domain_error(exc, "meter event summary") from exc
+            total += sum((Decimal(str(s.aggregated_value)) for s in page.data), Decimal(0))
+            if not page.has_more or not page.data:
+                return int(total)
+            params["starting_after"] = page.data[-1].id
+
+    async def unit_price(self, price_id: str) -> tuple[Decimal, str]:
+        """The price's amount per unit (minor units, decimal) and currency, read once."""
+        cached = self._prices.get(price_id)
+        if cached is not None:
+            return cached
+        try:
+            price = await self._client.v1.prices.retrieve_async(price_id)
+        except stripe.StripeError as exc:
+            raise _domain_error(exc, "price") from exc
+        if price.unit_amount_decimal is not None:
+            amount = Decimal(str(price.unit_amount_decimal))
+        elif price.unit_amount is not None:
+            amount = Decimal(price.unit_amount)
+        else:  # tiered prices have no single unit amount
+            raise StripeRejected("The price has no single unit amount (tiered pricing).")
+        self._prices[price_id] = (amount, price.currency)
+        return amount, price.currency
 
     async def upcoming_invoice(
         self, *, stripe_customer_id: str, subscription_id: str | None
@@ -187,13 +307,22 @@ class StripeGateway:
         return CheckoutLink(id=created.id, url=created.url)
 
     async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
-        """The Checkout Session with its subscription expanded, as a plain dict."""
+        """The Checkout Session with its subscription expanded, as a plain dict.
+
+        An id Stripe answered 404 for is answered ``NotFound`` from memory for a minute, without
+        asking again: guessed ids sent to the public claim route cost one Stripe call each.
+        """
+        if self._unknown_sessions.holds(session_id):
+            raise NotFound("No such checkout session.")
         try:
             found = await self._client.v1.checkout.sessions.retrieve_async(
                 session_id, params={"expand": ["subscription"]}
             )
         except stripe.StripeError as exc:
-            raise _domain_error(exc, "checkout session") from exc
+            error = _domain_error(exc, "checkout session")
+            if isinstance(error, NotFound):
+                self._unknown_sessions.add(session_id)
+            raise error from exc
         return found.to_dict()
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
@@ -217,18 +346,32 @@ class StripeGateway:
     # -- webhooks ---------------------------------------------------------------------------
 
     def verify_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
-        """Check ``Stripe-Signature`` over the raw body; return the event as a plain dict."""
+        """Check ``Stripe-Signature`` over the raw body; return the event as a plain dict.
+
+        Raises ``InvalidSignature`` for a missing or bad signature, and for a signed body that
+        is not an event object (an array, a string, an object without id, type or created).
+        """
         if not signature:
             raise InvalidSignature("The Stripe-Signature header is missing.")
+        if not signature.isascii():
+            raise InvalidSignature("The Stripe-Signature header does not verify.")
         try:
-            event = self._client.construct_event(
-                payload, signature, self.webhook_secret, tolerance=WEBHOOK_TOLERANCE_S
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidSignature(NOT_AN_EVENT) from exc
+        try:
+            stripe.WebhookSignature.verify_header(
+                text, signature, self.webhook_secret, tolerance=WEBHOOK_TOLERANCE_S
             )
-        except stripe.SignatureVerificationError as exc:
+        except (stripe.SignatureVerificationError, ValueError) as exc:
             raise InvalidSignature("The Stripe-Signature header does not verify.") from exc
+        try:
+            event = json.loads(text)
         except ValueError as exc:
-            raise InvalidSignature("The webhook body is not a Stripe event.") from exc
-        return event.to_dict()
+            raise InvalidSignature(NOT_AN_EVENT) from exc
+        if not _is_event(event):
+            raise InvalidSignature(NOT_AN_EVENT)
+        return cast(dict[str, Any], event)
 
     # -- setup ------------------------------------------------------------------------------
 

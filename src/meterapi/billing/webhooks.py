@@ -1,13 +1,20 @@
 """The webhook inbox: verify, store once by event id, handle once.
 
-Failure strategy: a delivery whose handling raises is answered with a 5xx, so Stripe delivers
-it again (live mode retries for up to three days). The handler runs inside a savepoint: its
-partial writes are rolled back, while the inbox row stays, unprocessed, with ``attempts`` and
-``last_error`` for operators. A later delivery of the same event finds the row unprocessed,
-claims it with a conditional ``UPDATE … WHERE processed_at IS NULL`` (one of several concurrent
-deliveries wins; the others see it processed) and handles it again. We chose redelivery over a
-background retry loop because Stripe already owns durable retries with backoff, and it keeps a
-single code path: every effect happens in the request that acknowledges it.
+Failure strategy: a delivery whose handling raises a transient failure (Stripe 5xx, 429, a
+timeout or connection error, a database error, anything unexpected) is answered with a 5xx, so
+Stripe delivers it again (live mode retries for up to three days). A failure that Stripe's own
+answer makes permanent (a 404 for the object the event names, or another refusal) would fail
+the same way on every delivery: it is recorded (``failed_at``, ``last_error``, and left
+unprocessed so that ``meterapi webhooks replay`` can try it again) and answered 2xx, so Stripe
+stops re-delivering.
+
+The handler runs inside a savepoint: its partial writes are rolled back, while the inbox row
+stays, unprocessed, with ``attempts`` and ``last_error`` for operators. A later delivery of the
+same event finds the row unprocessed, claims it with a conditional ``UPDATE … WHERE
+processed_at IS NULL`` (one of several concurrent deliveries wins; the others see it processed)
+and handles it again. We chose redelivery over a background retry loop because Stripe already
+owns durable retries with backoff, and it keeps a single code path: every effect happens in the
+request that acknowledges it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,13 @@ from meterapi.billing.subscriptions import (
     stripe_time,
     sync_subscription,
 )
-from meterapi.errors import DomainError, InvalidSignature
+from meterapi.errors import (
+    DomainError,
+    EventAlreadyProcessed,
+    InvalidSignature,
+    NotFound,
+    StripeRejected,
+)
 from meterapi.models import StripeEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -52,6 +65,8 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # stored, but not about us (unknown type, another price)
     DUPLICATE = "duplicate"  # already processed: nothing done
     FAILED = "failed"  # handling raised: kept unprocessed, answer non-2xx so Stripe retries
+    # Stripe answered that it cannot work (e.g. 404): kept unprocessed with failed_at, answer 2xx
+    FAILED_PERMANENTLY = "failed_permanently"
 
 
 @dataclass(frozen=True)
@@ -104,9 +119,18 @@ async def _handle_taken(
         async with session.begin_nested():
             handled = await handle(session, event=event, gateway=gateway, price_id=price_id)
     except Exception as exc:
+        permanent = is_permanent(exc)
         # Type only: an exception's text may carry customer data.
-        log.warning("webhook %s (%s) failed: %s", event_id, event.get("type"), type(exc).__name__)
-        await _finish(session, event_id, error=_describe(exc))
+        log.warning(
+            "webhook %s (%s) failed%s: %s",
+            event_id,
+            event.get("type"),
+            " permanently" if permanent else "",
+            type(exc).__name__,
+        )
+        await _finish(session, event_id, error=_describe(exc), permanent=permanent)
+        if permanent:
+            return Receipt(event_id, Outcome.FAILED_PERMANENTLY)
         status = exc.status_code if isinstance(exc, DomainError) else 500
         return Receipt(event_id, Outcome.FAILED, status_code=max(status, 500))
     await _finish(session, event_id, error=None)
@@ -142,6 +166,43 @@ async def replay_unprocessed(
     return receipts
 
 
+async def list_failed(
+    session: AsyncSession, *, limit: int, starting_after: str | None
+) -> tuple[list[StripeEvent], bool]:
+    """Stored events whose handling failed (unprocessed, with an error), by id; and has_more."""
+    query = select(StripeEvent).where(
+        col(StripeEvent.processed_at).is_(None), col(StripeEvent.last_error).is_not(None)
+    )
+    if starting_after is not None:
+        query = query.where(col(StripeEvent.id) > starting_after)
+    rows = list((await session.exec(query.order_by(col(StripeEvent.id)).limit(limit + 1))).all())
+    return rows[:limit], len(rows) > limit
+
+
+async def replay_one(
+    session: AsyncSession, *, event_id: str, gateway: StripeGateway, price_id: str | None
+) -> Receipt:
+    """Handle one stored, unprocessed event again, through the same path as a delivery.
+
+    ``NotFound`` if it was never stored, ``EventAlreadyProcessed`` if it was handled already.
+    The row is locked while handled, so a concurrent delivery of the same event waits.
+    """
+    row = (
+        await session.exec(
+            select(StripeEvent).where(col(StripeEvent.id) == event_id).with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No such Stripe event.")
+    if row.processed_at is not None:
+        raise EventAlreadyProcessed()
+    row.attempts += 1
+    event = json.loads(row.payload)
+    return await _handle_taken(
+        session, event=event, event_id=row.id, gateway=gateway, price_id=price_id
+    )
+
+
 async def _take(
     session: AsyncSession, *, event_id: str, event_type: str, created: Any, payload: bytes
 ) -> bool:
@@ -168,8 +229,15 @@ async def _take(
     return retry.rowcount == 1
 
 
-async def _finish(session: AsyncSession, event_id: str, *, error: str | None) -> None:
-    values: dict[str, Any] = {"last_error": error}
+def is_permanent(exc: Exception) -> bool:
+    """Stripe's answer says the event cannot be handled however often it is tried again."""
+    return isinstance(exc, NotFound | StripeRejected)
+
+
+async def _finish(
+    session: AsyncSession, event_id: str, *, error: str | None, permanent: bool = False
+) -> None:
+    values: dict[str, Any] = {"last_error": error, "failed_at": utcnow() if permanent else None}
     if error is None:
         values["processed_at"] = utcnow()
     await session.exec(update(StripeEvent).where(col(StripeEvent.id) == event_id).values(**values))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from meterapi.dashboard import explorer, pages
+from meterapi.dashboard import admin_page, explorer, pages
 
 router = APIRouter(include_in_schema=False)
 router.include_router(pages.router)
 router.include_router(explorer.router)
 
-__all__ = ["router"]
+# The operator page: mounted by the app only when an admin token is configured.
+admin_router = admin_page.router
+
+__all__ = ["admin_router", "router"]

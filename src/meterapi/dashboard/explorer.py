@@ -42,6 +42,9 @@ async def explorer(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{ASSET_PREFIX}/favicon-32x32.png",
         swagger_ui_parameters={"persistAuthorization": False, "displayRequestDuration": True},
     )
+    # It is where customers paste keys: no other site may frame it (clickjacking).
+    page.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    page.headers["X-Frame-Options"] = "DENY"
     page.headers["Referrer-Policy"] = "no-referrer"
     page.headers["Cache-Control"] = "no-store"
     return page

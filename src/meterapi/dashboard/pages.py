@@ -48,6 +48,7 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/dashboard")
+@router.get("/dashboard/")
 async def dashboard() -> Response:
     """The customer dashboard: subscribe, see the new key once, usage, invoice, keys, billing."""
     return FileResponse(

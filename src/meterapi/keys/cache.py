@@ -30,6 +30,8 @@ class KeyEntry:
     customer_id: int
     expires_at: datetime | None
     valid_until: float  # on the cache's monotonic clock
+    name: str | None = None
+    rotated: bool = False  # in its rotation grace period (expires_at is its end)
 
 
 @dataclass(frozen=True, slots=True)

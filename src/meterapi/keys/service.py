@@ -32,11 +32,17 @@ DEFAULT_GRACE_SECONDS = 3600
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the key that authenticated the request and its customer."""
+    """Who is calling: the key that authenticated the request and its customer.
+
+    ``rotated``: the key has a successor and is in its grace period; it may call the paid API
+    and read, nothing else (the API refuses the rest with ``KeyRotated``).
+    """
 
     key_id: str
     customer_id: int
     stripe_customer_id: str
+    key_name: str | None = None
+    rotated: bool = False
 
 
 def is_usable(key: ApiKey, now: datetime) -> bool:
@@ -133,7 +139,8 @@ async def rotate(
     live: bool,
     now: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Issue a successor with the same name; the old key keeps working ``grace_seconds`` more."""
+    """Issue a successor with the same name; the old key keeps working ``grace_seconds`` more,
+    for the paid API and reading only (``Principal.rotated``)."""
     now = now or utcnow()
     old = await _key(session, key_id=key_id, customer_id=customer_id)
     if not is_usable(old, now):
@@ -143,6 +150,7 @@ async def rotate(
     )
     until = now + timedelta(seconds=grace_seconds)
     old.expires_at = until if old.expires_at is None else min(old.expires_at, until)
+    old.rotated_at = old.rotated_at or now
     session.add(old)
     await invalidation.bump(session, key_id=old.id)
     await session.flush()
@@ -283,6 +291,8 @@ def _admit(
         key_id=entry.key_id,
         customer_id=entry.customer_id,
         stripe_customer_id=customer.stripe_customer_id,
+        key_name=entry.name,
+        rotated=entry.rotated,
     )
 
 
@@ -303,6 +313,8 @@ async def _load(session: AsyncSession, digest: str, *, cache: KeyCache, now: dat
         customer_id=key.customer_id,
         expires_at=key.expires_at,
         valid_until=cache.lifetime(now, key.expires_at),
+        name=key.name,
+        rotated=key.rotated_at is not None,
     )
     cache.put_key(digest, entry, generation=generation)
     cache.put_customer(_customer_entry(customer, cache), generation=generation)

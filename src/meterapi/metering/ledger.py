@@ -45,6 +45,9 @@ MAX_BATCH = 2000
 
 POSTGRES_LANES = 2
 
+# usage_event.units is a 32-bit integer column.
+MAX_ROW_UNITS = 2**31 - 1
+
 _POSTGRES_INSERT = (
     "INSERT INTO usage_event (customer_id, api_key_id, route, units, occurred_at) "
     "SELECT * FROM unnest($1::integer[], $2::varchar[], $3::varchar[], $4::integer[], "
@@ -177,17 +180,24 @@ class UsageRecorder:
 def merge(usages: list[Usage]) -> list[Usage]:
     """One usage per customer, key, route and UTC minute, with their units summed and the latest
     moment among them (so no unit is dated before it happened, and none moves to another
-    minute, where the reporter would bill it in another meter event)."""
+    minute, where the reporter would bill it in another meter event). A sum that would pass
+    what a row holds (``MAX_ROW_UNITS``) starts another row instead."""
     merged: dict[tuple[int, str, str, datetime], Usage] = {}
+    full: list[Usage] = []
     for u in usages:
         key = (u.customer_id, u.api_key_id, u.route, u.occurred_at.replace(second=0, microsecond=0))
         seen = merged.get(key)
         if seen is not None:
-            u = replace(
-                seen, units=seen.units + u.units, occurred_at=max(seen.occurred_at, u.occurred_at)
-            )
+            if seen.units + u.units > MAX_ROW_UNITS:
+                full.append(seen)
+            else:
+                u = replace(
+                    seen,
+                    units=seen.units + u.units,
+                    occurred_at=max(seen.occurred_at, u.occurred_at),
+                )
         merged[key] = u
-    return list(merged.values())
+    return full + list(merged.values())
 
 
 def _rows(usages: list[Usage]) -> list[dict[str, object]]:

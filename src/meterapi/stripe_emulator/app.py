@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import control, pages
+from . import control, openapi, pages
 from .faults import Faults, injected_error
 from .resources import catalog, checkout, events, invoices, meters, subscriptions, v2
 from .routing import Ctx, resolve
@@ -79,6 +79,7 @@ class Emulator:
         self.emitter = Emitter(self.store, self.sender)
         self.faults = Faults()
         self.public_url = public_url.rstrip("/") if public_url else None
+        self.checks = _parameter_checks()
 
     def ctx(self, request: Request, idempotency_key: str | None = None) -> Ctx:
         base = self.public_url or str(request.base_url).rstrip("/")
@@ -141,10 +142,11 @@ class Emulator:
                         status=404,
                     )
                 _authenticate(request)
+            route, path_params = found
             params = await _params(request, method, path)
+            self.checks[route.method, route.template].validate(params)
         except StripeError as exc:
             return error_response(exc, request_id)
-        route, path_params = found
         key = request.headers.get("idempotency-key") if method == "POST" else None
         if key is not None:
             fingerprint = hashlib.sha256(
@@ -178,6 +180,17 @@ class Emulator:
             del saved[stale]
 
 
+def _parameter_checks() -> dict[tuple[str, str], openapi.Operation]:
+    """Each served route's operation in Stripe's spec (its parameter check), found once."""
+    checks = {}
+    for route in [*API_ROUTES, *v2.SESSION_ROUTES]:
+        op = openapi.operation(route.method, route.template)
+        if op is None:
+            raise RuntimeError(f"{route.method} {route.template} is not in the bundled spec")
+        checks[route.method, route.template] = op
+    return checks
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -200,7 +213,7 @@ def _authenticate(request: Request) -> None:
         )
     if not key.startswith("sk_test_") or len(key) <= len("sk_test_"):
         masked = key[:8] + "*" * max(0, len(key) - 12) + key[-4:] if len(key) > 12 else "****"
-        raise StripeError(f"Invalid API Key provided: {masked}", status=401, code="api_key_invalid")
+        raise StripeError(f"Invalid API Key provided: {masked}", status=401)
 
 
 async def _params(request: Request, method: str, path: str) -> JSON:

@@ -1,4 +1,4 @@
-"""`meterapi stripe-emulator`: run the emulator in the foreground."""
+"""`meterapi stripe-emulator` and `python -m meterapi.stripe_emulator`: run it in the foreground."""
 
 from __future__ import annotations
 
@@ -10,24 +10,29 @@ from .app import create_emulator_app
 from .webhooks import DEFAULT_WEBHOOK_SECRET
 
 DEFAULT_PORT = 12111
+DESCRIPTION = "A local, stateful Stripe-compatible server. Test mode only."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's options; `meterapi stripe-emulator` and `python -m` share them."""
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    p.add_argument("--webhook-url", default=None, help="where to deliver signed webhook events")
+    p.add_argument(
+        "--webhook-secret", default=DEFAULT_WEBHOOK_SECRET, help="secret that signs webhooks"
+    )
+    p.add_argument("--state-file", default=None, help="persist state to this JSON file")
+    p.add_argument("--public-url", default=None, help="base URL of the hosted pages")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="meterapi stripe-emulator",
-        description="A local, stateful Stripe-compatible server. Test mode only.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--webhook-url", default=None, help="where to deliver signed webhook events")
-    p.add_argument("--webhook-secret", default=DEFAULT_WEBHOOK_SECRET)
-    p.add_argument("--state-file", default=None, help="persist state to this JSON file")
-    p.add_argument("--public-url", default=None, help="base URL of the hosted pages")
+    p = argparse.ArgumentParser(prog="meterapi stripe-emulator", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted, with the options `add_arguments` defines."""
     app = create_emulator_app(
         webhook_url=args.webhook_url,
         webhook_secret=args.webhook_secret,
@@ -42,3 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))

@@ -22,13 +22,26 @@ _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem}"
     ".test{background:#ffde92;padding:.5rem 1rem;border-radius:6px}"
     "button{font-size:1.1rem;padding:.6rem 1.6rem;cursor:pointer}"
-    "table{border-collapse:collapse;width:100%}td{padding:.3rem 0}"
+    "table{border-collapse:collapse;width:100%}"
+    "th,td{padding:.45rem .75rem .45rem 0;text-align:left;vertical-align:top;"
+    "border-bottom:1px solid #e3e3e3}th{font-weight:600;font-size:.9rem;color:#555}"
+    "td{overflow-wrap:anywhere}td form{margin:0}"
+    "td button{font-size:.95rem;padding:.4rem .8rem;overflow-wrap:normal}"
+)
+# A small "S" mark, so a browser's `/favicon.ico` request finds something.
+FAVICON = (
+    b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'>"
+    b"<rect width='32' height='32' rx='6' fill='#635bff'/>"
+    b"<text x='16' y='23' font-size='20' text-anchor='middle' fill='#fff' "
+    b"font-family='sans-serif'>S</text></svg>"
 )
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{escape(title)}</title><link rel='icon' href='/favicon.ico'>"
         f"<style>{_STYLE}</style></head><body>"
         "<p class='test'>Stripe emulator: test mode, no real money moves.</p>"
         f"<h1>{escape(title)}</h1>{body}</body></html>",
@@ -54,13 +67,22 @@ def success_redirect(session: JSON) -> str | None:
 def _price_line(emu: Emulator, price: JSON) -> str:
     product = emu.store.get("products", price["product"]) or {"name": price["product"]}
     recurring = price.get("recurring") or {}
-    cents = price["unit_amount_decimal"]
-    unit = "per unit" if recurring.get("usage_type") == "metered" else "each"
-    every = f" / {recurring['interval']}" if recurring else ""
-    return (
-        f"<tr><td>{escape(str(product['name']))}</td>"
-        f"<td>{escape(cents)}¢ {price['currency'].upper()} {unit}{every}</td></tr>"
-    )
+    cents = f"{escape(price['unit_amount_decimal'])}¢ {price['currency'].upper()}"
+    if recurring.get("usage_type") == "metered":
+        terms = f"{cents} per unit of usage, billed {_every(recurring)} in arrears"
+    elif recurring:
+        terms = f"{cents} each, billed {_every(recurring)}"
+    else:
+        terms = f"{cents} each"
+    return f"<tr><td>{escape(str(product['name']))}</td><td>{terms}</td></tr>"
+
+
+def _every(recurring: JSON) -> str:
+    names = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
+    count = int(recurring.get("interval_count") or 1)
+    if count == 1:
+        return names.get(recurring["interval"], recurring["interval"])
+    return f"every {count} {recurring['interval']}s"
 
 
 def routes(emu: Emulator) -> list[Route]:
@@ -139,7 +161,9 @@ def routes(emu: Emulator) -> list[Route]:
             )
         back = session["return_url"]
         back_link = f"<p><a href='{escape(back)}'>Return</a></p>" if back else ""
-        body = f"<table>{''.join(rows) or '<tr><td>No subscriptions</td></tr>'}</table>{back_link}"
+        head = "<tr><th>Subscription</th><th>Status</th><th>Period</th><th></th></tr>"
+        table = f"<table>{head}{''.join(rows)}</table>" if rows else "<p>No subscriptions.</p>"
+        body = f"{table}{back_link}"
         return _page("Your subscriptions", body)
 
     async def portal_action(request: Request) -> Response:
@@ -157,7 +181,11 @@ def routes(emu: Emulator) -> list[Route]:
         emu.persist()
         return RedirectResponse(f"/portal/{session['id']}", status_code=303)
 
+    async def favicon(_: Request) -> Response:
+        return Response(FAVICON, media_type="image/svg+xml")
+
     return [
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/checkout/{id}", show_checkout, methods=["GET"]),
         Route("/checkout/{id}", pay, methods=["POST"]),
         Route("/portal/{id}", show_portal, methods=["GET"]),

@@ -41,12 +41,13 @@ class Route:
     method: str
     pattern: re.Pattern[str]
     handler: Handler
+    template: str
 
 
 def route(method: str, template: str, handler: Handler) -> Route:
     """`/v1/customers/{id}` → a route whose `{name}` segments are captured."""
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return Route(method, re.compile(f"^{regex}$"), handler)
+    return Route(method, re.compile(f"^{regex}$"), handler, template)
 
 
 def resolve(routes: list[Route], method: str, path: str) -> tuple[Route, dict[str, str]] | None:

@@ -130,11 +130,13 @@ def opt_int(params: JSON, name: str) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise StripeError(f"Invalid integer: {value}", param=name)
+        raise StripeError(f"Invalid integer: {value}", code="parameter_invalid_integer", param=name)
     try:
         return int(value)
     except (TypeError, ValueError) as exc:
-        raise StripeError(f"Invalid integer: {value}", param=name) from exc
+        raise StripeError(
+            f"Invalid integer: {value}", code="parameter_invalid_integer", param=name
+        ) from exc
 
 
 def req_int(params: JSON, name: str) -> int:

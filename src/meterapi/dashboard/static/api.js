@@ -4,6 +4,8 @@
 // or in local storage, and it is never logged.
 
 const KEY_STORAGE = "meterapi.api_key";
+// The checkout this tab started: its session id and claim token, kept across Stripe's redirect.
+const CLAIM_STORAGE = "meterapi.checkout";
 
 // A dashboard hosted on another origin names the API with
 // <meta name="meterapi-api-base" content="https://api.example.com"> (and the API lists that
@@ -35,6 +37,37 @@ export const keyStore = {
   clear() {
     try {
       window.sessionStorage.removeItem(KEY_STORAGE);
+    } catch {
+      /* nothing stored */
+    }
+  },
+};
+
+// What POST /v1/checkout answered, for POST /v1/keys/claim after the buyer pays. Like the key,
+// the claim token lives in this tab's sessionStorage only, never in a URL.
+export const claimStore = {
+  get(checkoutSessionId) {
+    try {
+      const saved = JSON.parse(window.sessionStorage.getItem(CLAIM_STORAGE) || "null");
+      if (saved && saved.id === checkoutSessionId) return saved.claim_token || null;
+    } catch {
+      /* storage disabled or unreadable: the claim goes without a token and is refused */
+    }
+    return null;
+  },
+  set(checkoutSessionId, claimToken) {
+    try {
+      window.sessionStorage.setItem(
+        CLAIM_STORAGE,
+        JSON.stringify({ id: checkoutSessionId, claim_token: claimToken }),
+      );
+    } catch {
+      /* storage disabled: the key cannot be claimed in this browser */
+    }
+  },
+  clear() {
+    try {
+      window.sessionStorage.removeItem(CLAIM_STORAGE);
     } catch {
       /* nothing stored */
     }
@@ -97,9 +130,9 @@ export async function request(method, path, { body, auth = true } = {}) {
 export const api = {
   checkout: (email) =>
     request("POST", "/v1/checkout", { body: email ? { email } : {}, auth: false }),
-  claim: (checkoutSessionId) =>
+  claim: (checkoutSessionId, claimToken) =>
     request("POST", "/v1/keys/claim", {
-      body: { checkout_session_id: checkoutSessionId },
+      body: { checkout_session_id: checkoutSessionId, claim_token: claimToken },
       auth: false,
     }),
   listKeys: () => request("GET", "/v1/keys"),

@@ -1,9 +1,19 @@
 // The dashboard: subscribe, receive the key once, then usage, invoice, keys and billing.
 // Everything from the server goes into the page with textContent, never as HTML.
 
-import { api, keyStore } from "./api.js";
+import { api, claimStore, keyStore } from "./api.js";
 import { daysOfPeriod, renderChart } from "./chart.js";
-import { CLAIM_MESSAGES, describeError } from "./messages.js";
+import {
+  CHECKOUT_CANCELLED,
+  CHECKOUT_EXPIRED,
+  CHECKOUT_MESSAGES,
+  CLAIM_MESSAGES,
+  CLAIM_RETRYABLE,
+  describeError,
+  INVALID_EMAIL,
+  isExpiredCheckout,
+  isValidEmail,
+} from "./messages.js";
 
 const $ = (id) => document.getElementById(id);
 const numberFormat = new Intl.NumberFormat();
@@ -36,7 +46,7 @@ function showError(error, overrides) {
 
 /** Run `work` with `button` disabled, showing any failure; resolves to its result, or to
  * undefined when it failed (a 204's result is null). */
-async function busy(button, work) {
+async function busy(button, work, overrides) {
   if (button) {
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
@@ -44,7 +54,7 @@ async function busy(button, work) {
   try {
     return await work();
   } catch (error) {
-    showError(error);
+    showError(error, overrides);
     return undefined;
   } finally {
     if (button) {
@@ -275,37 +285,93 @@ async function revokeKey(key, label, button) {
 
 // -- subscribing, claiming, signing in, billing ------------------------------------------------
 
-async function subscribe(event) {
-  event.preventDefault();
-  const email = $("subscribe-email").value.trim();
-  const session = await busy(event.submitter, () => api.checkout(email));
+/** Start a Checkout Session and go there; its claim token waits in this tab for the return. */
+async function startCheckout(button) {
+  hideClaimActions();
+  const input = $("subscribe-email");
+  const email = input.value.trim();
+  if (email && !isValidEmail(email)) {
+    notify(INVALID_EMAIL, "error");
+    input.setAttribute("aria-invalid", "true");
+    input.focus();
+    return;
+  }
+  input.removeAttribute("aria-invalid");
+  const session = await busy(button, () => api.checkout(email), CHECKOUT_MESSAGES);
   if (session && session.url) {
+    claimStore.set(session.id, session.claim_token);
     notify("Taking you to checkout…", "info");
     window.location.assign(session.url);
   }
 }
 
+function subscribe(event) {
+  event.preventDefault();
+  return startCheckout(event.submitter);
+}
+
+// After a failed claim: "Try again" (same session, same token) or "Start a new checkout".
+let pendingClaim = null;
+
+function showClaimActions({ retry, restart }) {
+  $("claim-retry").hidden = !retry;
+  $("claim-restart").hidden = !restart;
+  $("claim-actions").hidden = !(retry || restart);
+  (retry ? $("claim-retry") : $("claim-restart")).focus();
+}
+
+function hideClaimActions() {
+  $("claim-actions").hidden = true;
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function claim(checkoutSessionId) {
+  hideClaimActions();
+  pendingClaim = null;
   notify("Payment received. Getting your API key…", "info");
+  const claimToken = claimStore.get(checkoutSessionId);
   for (let attempt = 1; ; attempt++) {
     try {
-      const claimed = await api.claim(checkoutSessionId);
+      const claimed = await api.claim(checkoutSessionId, claimToken);
+      claimStore.clear();
       keyStore.set(claimed.api_key);
       showNewKey(claimed.api_key, "Welcome! Your subscription is active and your key is ready.");
       await enterDashboard();
       return;
     } catch (error) {
+      const expired = isExpiredCheckout(error);
       // Stripe's webhook can trail the redirect back here by a moment.
-      if (error.code === "checkout_incomplete" && attempt < CLAIM_ATTEMPTS) {
+      if (error.code === "checkout_incomplete" && !expired && attempt < CLAIM_ATTEMPTS) {
         await sleep(CLAIM_RETRY_MS);
         continue;
       }
-      showError(error, CLAIM_MESSAGES);
+      if (expired) {
+        claimStore.clear();
+        notify(CHECKOUT_EXPIRED, "error");
+        if (!keyStore.get()) showClaimActions({ restart: true });
+      } else if (CLAIM_RETRYABLE.has(error.code)) {
+        pendingClaim = checkoutSessionId; // kept here and in sessionStorage with its token
+        showError(error, CLAIM_MESSAGES);
+        showClaimActions({ retry: true });
+      } else {
+        claimStore.clear(); // unknown, or already claimed: trying again cannot help
+        showError(error, CLAIM_MESSAGES);
+      }
       if (keyStore.get()) await enterDashboard(); // already signed in in this tab
       return;
     }
+  }
+}
+
+async function retryClaim(event) {
+  const button = event.currentTarget;
+  if (!pendingClaim) return;
+  button.disabled = true;
+  try {
+    await claim(pendingClaim);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -355,14 +421,25 @@ async function start() {
   $("refresh-usage").addEventListener("click", (e) => loadUsage(e.currentTarget));
   $("open-portal").addEventListener("click", openPortal);
 
+  $("claim-retry").addEventListener("click", retryClaim);
+  $("claim-restart").addEventListener("click", (e) => startCheckout(e.currentTarget));
+
   const url = new URL(window.location.href);
   const checkoutSessionId = url.searchParams.get("session_id");
-  if (checkoutSessionId) {
+  const cancelled = url.searchParams.get("checkout") === "cancelled";
+  if (checkoutSessionId || cancelled) {
     // Out of the address bar and history at once: a reload must not try to claim again.
     url.searchParams.delete("session_id");
+    url.searchParams.delete("checkout");
     window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+  if (checkoutSessionId) {
     await claim(checkoutSessionId);
     return;
+  }
+  if (cancelled) {
+    claimStore.clear();
+    notify(CHECKOUT_CANCELLED, "info");
   }
   if (keyStore.get()) {
     await enterDashboard();

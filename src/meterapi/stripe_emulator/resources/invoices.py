@@ -46,15 +46,20 @@ def build_line(
     quantity = item_quantity(ctx, subscription, item, start, end)
     amount = line_amount(quantity, price["unit_amount_decimal"])
     product = ctx.store.get("products", price["product"]) or {"name": price["product"]}
-    interval = (price.get("recurring") or {}).get("interval", "month")
+    recurring = price.get("recurring") or {}
+    rate = f"${_dollars(price['unit_amount_decimal'])}"
+    # A metered line's quantity is usage: its price is per unit, not per period.
+    if recurring.get("usage_type") == "metered":
+        rate = f"metered usage at {rate} per unit"
+    else:
+        rate = f"at {rate} / {recurring.get('interval', 'month')}"
     whole = int(quantity.to_integral_value(rounding=ROUND_HALF_UP))
     return {
         "id": new_id("il_tmp_" if tmp else "il_"),
         "object": "line_item",
         "amount": amount,
         "currency": price["currency"],
-        "description": f"{quantity.normalize():f} \u00d7 {product['name']} "
-        f"(at ${_dollars(price['unit_amount_decimal'])} / {interval})",
+        "description": f"{quantity.normalize():f} \u00d7 {product['name']} ({rate})",
         "discount_amounts": [],
         "discountable": True,
         "discounts": [],
@@ -113,6 +118,7 @@ def build_invoice(
         "amount_due": total,
         "amount_overpaid": 0,
         "amount_paid": 0,
+        "amount_paid_off_stripe": 0,
         "amount_remaining": total,
         "amount_shipping": 0,
         "attempt_count": 0,
@@ -127,6 +133,7 @@ def build_invoice(
         "customer_email": customer.get("email"),
         "customer_name": customer.get("name"),
         "default_payment_method": None,
+        "default_tax_rates": [],
         "description": None,
         "discounts": [],
         "due_date": None,
@@ -155,8 +162,15 @@ def build_invoice(
                 "subscription_proration_date": None,
             },
         },
+        "payment_settings": {
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        },
         "period_end": end,
         "period_start": start,
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
         "starting_balance": 0,
         "status": "draft",
         "status_transitions": {

@@ -27,9 +27,35 @@ def period_end(start: int, recurring: JSON) -> int:
     return add_months(start, count)
 
 
+def plan_of(price: JSON) -> JSON:
+    """The legacy `plan` view of a recurring price that subscription items still carry."""
+    recurring = price["recurring"]
+    return {
+        "id": price["id"],
+        "object": "plan",
+        "active": price["active"],
+        "amount": price["unit_amount"],
+        "amount_decimal": price["unit_amount_decimal"],
+        "billing_scheme": price["billing_scheme"],
+        "created": price["created"],
+        "currency": price["currency"],
+        "interval": recurring["interval"],
+        "interval_count": recurring["interval_count"],
+        "livemode": False,
+        "metadata": dict(price["metadata"]),
+        "meter": recurring.get("meter"),
+        "nickname": price["nickname"],
+        "product": price["product"],
+        "tiers_mode": None,
+        "transform_usage": None,
+        "trial_period_days": recurring.get("trial_period_days"),
+        "usage_type": recurring["usage_type"],
+    }
+
+
 def _item(subscription_id: str, price: JSON, quantity: int | None, start: int) -> JSON:
     metered = (price.get("recurring") or {}).get("usage_type") == "metered"
-    return {
+    item: JSON = {
         "id": new_id("si_", 14),
         "object": "subscription_item",
         "billing_thresholds": None,
@@ -38,11 +64,14 @@ def _item(subscription_id: str, price: JSON, quantity: int | None, start: int) -
         "current_period_start": start,
         "discounts": [],
         "metadata": {},
+        "plan": plan_of(price),
         "price": copy.deepcopy(price),
-        "quantity": None if metered else (quantity or 1),
         "subscription": subscription_id,
         "tax_rates": [],
     }
+    if not metered:  # Stripe leaves `quantity` out of a metered item (it is not null)
+        item["quantity"] = quantity or 1
+    return item
 
 
 def create_subscription(
@@ -60,6 +89,7 @@ def create_subscription(
         "billing_cycle_anchor": start,
         "billing_cycle_anchor_config": None,
         "billing_mode": {"type": "flexible", "flexible": None, "updated_at": None},
+        "billing_schedules": [],
         "billing_thresholds": None,
         "cancel_at": None,
         "cancel_at_period_end": False,

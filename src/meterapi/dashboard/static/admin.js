@@ -1,0 +1,308 @@
+// The operator page: plain DOM over the operator API (/admin/v1, CONTRACT §8).
+//
+// The token lives in this tab's sessionStorage only: never in a URL, local storage or a log.
+// Everything shown comes from the API; text is set with textContent, never parsed as HTML.
+
+const TOKEN_STORAGE = "meterapi.admin_token";
+const $ = (id) => document.getElementById(id);
+
+const tokenStore = {
+  get() {
+    try { return window.sessionStorage.getItem(TOKEN_STORAGE); } catch { return null; }
+  },
+  set(token) { window.sessionStorage.setItem(TOKEN_STORAGE, token); },
+  clear() {
+    try { window.sessionStorage.removeItem(TOKEN_STORAGE); } catch { /* nothing stored */ }
+  },
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${tokenStore.get() || ""}` };
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 204) return null;
+  let data = null;
+  try { data = await response.json(); } catch { /* not JSON */ }
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(response.status, error.code || "http_error",
+      error.message || `The service answered ${response.status}.`);
+  }
+  return data;
+}
+
+function notify(text, kind = "info") {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.className = `notice ${kind}`;
+  notice.hidden = !text;
+}
+
+function failed(error) {
+  if (error instanceof ApiError && error.code === "invalid_admin_token") {
+    signOut();
+    notify("The operator token was not accepted. Paste it again.", "error");
+    return;
+  }
+  notify(error.message || String(error), "error");
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "-" : String(text);
+  if (className) td.className = className;
+  row.append(td);
+  return td;
+}
+
+function button(label, onClick, extra = "") {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = `small ${extra}`.trim();
+  b.textContent = label;
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try { await onClick(); } catch (error) { failed(error); } finally { b.disabled = false; }
+  });
+  return b;
+}
+
+function emptyRow(body, columns, text) {
+  const row = document.createElement("tr");
+  row.className = "empty-row";
+  const td = cell(row, text);
+  td.colSpan = columns;
+  body.append(row);
+}
+
+const when = (iso) => (iso ? new Date(iso).toISOString().replace(".000Z", "Z") : "-");
+const money = (m) => (m ? `${m.amount} ${m.currency || ""}`.trim() : "-");
+
+// -- customers --------------------------------------------------------------------------------
+
+let lastCustomer = null;
+let openCustomer = null;
+
+async function loadCustomers(append = false) {
+  const params = new URLSearchParams({ limit: "20" });
+  if (append && lastCustomer) params.set("starting_after", lastCustomer);
+  const page = await api("GET", `/admin/v1/customers?${params}`);
+  const body = $("customers-body");
+  if (!append) body.replaceChildren();
+  for (const c of page.data) {
+    const row = document.createElement("tr");
+    row.dataset.customer = c.customer_id;
+    cell(row, c.customer_id, "mono");
+    cell(row, c.email);
+    cell(row, c.subscription_status);
+    cell(row, c.access, `access-${c.access}`);
+    cell(row, c.units_this_period);
+    cell(row, c.active_keys);
+    cell(row, "", "actions").append(button("Open", () => showCustomer(c.customer_id)));
+    body.append(row);
+  }
+  if (!body.children.length) emptyRow(body, 7, "No customers yet.");
+  lastCustomer = page.data.length ? page.data[page.data.length - 1].customer_id : lastCustomer;
+  $("more-customers").hidden = !page.has_more;
+}
+
+async function showCustomer(customerId) {
+  const c = await api("GET", `/admin/v1/customers/${encodeURIComponent(customerId)}`);
+  openCustomer = c.customer_id;
+  for (const row of $("customers-body").children) {
+    row.classList.toggle("selected", row.dataset.customer === c.customer_id);
+  }
+  $("customer-title").textContent =
+    `${c.customer_id}${c.email ? ` (${c.email})` : ""}: ${c.subscription_status || "no subscription"}, access ${c.access}`;
+  $("customer-units").textContent = String(c.usage.units);
+  $("customer-pending").textContent = String(c.usage.pending_units);
+  $("customer-spent").textContent = money(c.limits.spent_this_period);
+  $("customer-period").textContent =
+    `Billing period ${when(c.usage.period.start)} to ${when(c.usage.period.end)}`;
+  const keys = $("customer-keys");
+  keys.replaceChildren();
+  for (const k of c.keys) {
+    const row = document.createElement("tr");
+    cell(row, k.name);
+    cell(row, `${k.prefix}…${k.last4}`, "mono");
+    cell(row, when(k.created_at));
+    cell(row, when(k.last_used_at));
+    const status = k.revoked_at ? "revoked" : (k.expires_at ? `expires ${when(k.expires_at)}` : "active");
+    cell(row, status);
+    const actions = cell(row, "", "actions");
+    if (!k.revoked_at) {
+      actions.append(button("Revoke", () => revokeKey(c.customer_id, k.id), "secondary"));
+    }
+    keys.append(row);
+  }
+  if (!c.keys.length) emptyRow(keys, 6, "No keys.");
+  const limits = c.limits;
+  $("limit-rate").value = limits.rate_limit_overridden ? (limits.rate_limit || "none") : "";
+  $("limit-rate-default").textContent = limits.rate_limit_overridden
+    ? `This customer's own rate limit: ${limits.rate_limit || "none"}.`
+    : `Default applies: ${limits.rate_limit || "no rate limit"}.`;
+  $("limit-cap").value = limits.monthly_spend_cap ? String(limits.monthly_spend_cap.amount) : "";
+  $("customer").hidden = false;
+}
+
+async function revokeKey(customerId, keyId) {
+  const path = `/admin/v1/customers/${encodeURIComponent(customerId)}/keys/${encodeURIComponent(keyId)}`;
+  try {
+    await api("DELETE", path);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.code === "last_active_key")) throw error;
+    if (!window.confirm("This is the customer's only active key. Revoke it anyway?")) return;
+    await api("DELETE", `${path}?force=true`);
+  }
+  notify(`Key ${keyId} revoked.`, "success");
+  await Promise.all([showCustomer(customerId), loadCustomers()]);
+}
+
+async function saveLimits(event) {
+  event.preventDefault();
+  if (!openCustomer) return;
+  const rate = $("limit-rate").value.trim();
+  const cap = $("limit-cap").value.trim();
+  const body = {
+    rate_limit: rate === "" ? "default" : (rate.toLowerCase() === "none" ? null : rate),
+    monthly_spend_cap: cap === "" ? null : { amount: Number(cap) },
+  };
+  try {
+    await api("PUT", `/admin/v1/customers/${encodeURIComponent(openCustomer)}/limits`, body);
+    notify("Limits saved.", "success");
+    await showCustomer(openCustomer);
+  } catch (error) {
+    failed(error);
+  }
+}
+
+// -- reports, Stripe events, reconciliation ---------------------------------------------------
+
+async function loadReports() {
+  const page = await api("GET", "/admin/v1/reports?status=parked&limit=100");
+  const body = $("reports-body");
+  body.replaceChildren();
+  for (const r of page.data) {
+    const row = document.createElement("tr");
+    cell(row, r.id);
+    cell(row, r.customer_id, "mono");
+    cell(row, r.units);
+    cell(row, r.identifier, "mono");
+    cell(row, r.last_error, "error-text");
+    cell(row, "", "actions").append(button("Retry", async () => {
+      await api("POST", `/admin/v1/reports/${r.id}/retry`);
+      notify(`Report ${r.id} is pending again under ${r.identifier}.`, "success");
+      await loadReports();
+    }));
+    body.append(row);
+  }
+  if (!page.data.length) emptyRow(body, 6, "No parked reports.");
+}
+
+async function loadEvents() {
+  const page = await api("GET", "/admin/v1/stripe-events?status=failed&limit=100");
+  const body = $("events-body");
+  body.replaceChildren();
+  for (const e of page.data) {
+    const row = document.createElement("tr");
+    cell(row, e.id, "mono");
+    cell(row, e.type);
+    cell(row, e.attempts);
+    cell(row, e.last_error, "error-text");
+    cell(row, "", "actions").append(button("Replay", async () => {
+      const result = await api("POST", `/admin/v1/stripe-events/${encodeURIComponent(e.id)}/replay`);
+      notify(`Event ${e.id}: ${result.outcome}${result.last_error ? ` (${result.last_error})` : ""}.`,
+        result.outcome === "failed" ? "error" : "success");
+      await Promise.all([loadEvents(), loadCustomers()]);
+    }));
+    body.append(row);
+  }
+  if (!page.data.length) emptyRow(body, 5, "No failed events.");
+}
+
+async function runReconcile() {
+  $("reconcile-summary").textContent = "Reading Stripe's meter event summaries…";
+  const result = await api("GET", "/admin/v1/reconciliation");
+  const body = $("reconcile-body");
+  body.replaceChildren();
+  let drifting = 0;
+  for (const r of result.data) {
+    const row = document.createElement("tr");
+    if (r.drift !== 0) {
+      row.className = "drift";
+      drifting += 1;
+    }
+    cell(row, r.customer_id, "mono");
+    cell(row, r.ledger_units);
+    cell(row, r.pending_units);
+    cell(row, r.stripe_units);
+    cell(row, r.drift > 0 ? `+${r.drift}` : r.drift);
+    body.append(row);
+  }
+  if (!result.data.length) emptyRow(body, 5, "No customers.");
+  $("reconcile-summary").textContent =
+    `${result.data.length} customer(s) reconciled; ${drifting} drifting.`;
+}
+
+// -- sign-in ----------------------------------------------------------------------------------
+
+function signOut() {
+  tokenStore.clear();
+  $("signed-in").hidden = true;
+  $("signed-out").hidden = false;
+  $("sign-out").hidden = true;
+}
+
+async function signedIn() {
+  $("signed-out").hidden = true;
+  $("signed-in").hidden = false;
+  $("sign-out").hidden = false;
+  try {
+    await loadCustomers();
+    await Promise.all([loadReports(), loadEvents()]);
+  } catch (error) {
+    failed(error);
+  }
+}
+
+function guarded(work) {
+  return async () => {
+    try { await work(); } catch (error) { failed(error); }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const token = $("admin-token").value.trim();
+    if (!token) {
+      notify("Paste the operator token.", "error");
+      return;
+    }
+    tokenStore.set(token);
+    $("admin-token").value = "";
+    notify("");
+    await signedIn();
+  });
+  $("sign-out").addEventListener("click", () => { signOut(); notify("Signed out.", "info"); });
+  $("reload-customers").addEventListener("click", guarded(() => loadCustomers()));
+  $("more-customers").addEventListener("click", guarded(() => loadCustomers(true)));
+  $("close-customer").addEventListener("click", () => { $("customer").hidden = true; openCustomer = null; });
+  $("limits-form").addEventListener("submit", saveLimits);
+  $("reload-reports").addEventListener("click", guarded(loadReports));
+  $("reload-events").addEventListener("click", guarded(loadEvents));
+  $("run-reconcile").addEventListener("click", guarded(runReconcile));
+  if (tokenStore.get()) signedIn(); else signOut();
+});
