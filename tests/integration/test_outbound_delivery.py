@@ -200,13 +200,11 @@ async def test_a_subscribers_journey_reaches_the_receiver(
                     return any(r["type"] == event_type for r in hook.records())
 
                 await eventually(lambda: announced("customer.provisioned"))
-                claimed = await api.post(
-                    "/v1/keys/claim",
-                    json={
-                        "checkout_session_id": session_id,
-                        "claim_token": created.json()["claim_token"],
-                    },
-                )
+                claim = {
+                    "checkout_session_id": session_id,
+                    "claim_token": created.json()["claim_token"],
+                }
+                claimed = await api.post("/v1/keys/claim", json=claim)
                 assert claimed.status_code == 201, claimed.text
                 await eventually(lambda: announced("key.created"))
                 done = await stripe_sdk.v1.checkout.sessions.retrieve_async(session_id)

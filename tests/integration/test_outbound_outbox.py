@@ -250,6 +250,9 @@ async def test_list_pages_and_filters(sessionmaker: Sessionmaker) -> None:
         assert page[0].data == {"customer_id": "cus_list", "threshold_percent": 0}
         undelivered, _ = await outbox.list_events(session, status="undelivered")
         assert [e.id for e in undelivered] == ids[:0:-1]
+        mine, _ = await outbox.list_events(session, stripe_customer_id="cus_list", limit=100)
+        assert len(mine) == 5
+        assert await outbox.list_events(session, stripe_customer_id="cus_other") == ([], False)
         with pytest.raises(ValidationFailed):
             await outbox.list_events(session, limit=101)
         with pytest.raises(ValidationFailed):

@@ -292,11 +292,15 @@ class Deliverer:
             return 0
         limit = asyncio.Semaphore(SEND_CONCURRENCY)
 
-        async def one(event: Claimed) -> None:
+        async def one(event: Claimed) -> Attempt:
             async with limit:
-                attempt = await self._send(event)
-            async with self._sessionmaker() as session:
-                status = await settle(
+                return await self._send(event)
+
+        attempts = await asyncio.gather(*(one(event) for event in claimed))
+        # One transaction settles the round (one commit, not one per event).
+        async with self._sessionmaker() as session:
+            outcomes = [
+                await settle(
                     session,
                     event,
                     attempt,
@@ -305,10 +309,11 @@ class Deliverer:
                     first_retry_s=self.first_retry_s,
                     rand=self._rand,
                 )
-                await session.commit()
+                for event, attempt in zip(claimed, attempts, strict=True)
+            ]
+            await session.commit()
+        for event, attempt, status in zip(claimed, attempts, outcomes, strict=True):
             self._count(event, attempt, status)
-
-        await asyncio.gather(*(one(event) for event in claimed))
         return len(claimed)
 
     def _count(self, event: Claimed, attempt: Attempt, status: str | None) -> None:

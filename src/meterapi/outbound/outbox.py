@@ -142,12 +142,13 @@ async def list_events(
     session: AsyncSession,
     *,
     status: str | None = None,
-    customer_id: int | None = None,
+    stripe_customer_id: str | None = None,
     limit: int = 20,
     starting_after: str | None = None,
 ) -> tuple[list[OutboxEntry], bool]:
     """Newest first; ``status`` is one of ``OutboundStatus`` or ``undelivered`` (pending, failed
-    or gone); ``starting_after`` an event id from the previous page. Returns (page, has_more)."""
+    or gone); ``stripe_customer_id`` narrows to one customer (``cus_…``); ``starting_after`` is an
+    event id from the previous page. Returns (page, has_more)."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}.")
     query = select(OutboundEvent, Customer.stripe_customer_id).join(
@@ -157,8 +158,8 @@ async def list_events(
         if status not in STATUS_FILTERS:
             raise ValidationFailed("status must be one of: " + ", ".join(STATUS_FILTERS) + ".")
         query = query.where(col(OutboundEvent.status).in_(STATUS_FILTERS[status]))
-    if customer_id is not None:
-        query = query.where(col(OutboundEvent.customer_id) == customer_id)
+    if stripe_customer_id is not None:
+        query = query.where(col(Customer.stripe_customer_id) == stripe_customer_id)
     if starting_after is not None:
         cursor = await _row_id(session, starting_after)
         query = query.where(col(OutboundEvent.id) < cursor)
