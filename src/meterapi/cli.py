@@ -20,6 +20,7 @@ from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.errors import DomainError
+from meterapi.keys import heartbeat
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.runtime import Runtime
@@ -218,6 +219,8 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
                 key = await key_service.revoke(
                     session, key_id=args.key_id, customer_id=None, allow_last=args.force
                 )
+            # Committed; return once no running process can serve the key any more.
+            await heartbeat.await_acknowledged(engine)
             log.info("revoked key %s", key.id)
             return f"revoked {key.id}"
         finally:
