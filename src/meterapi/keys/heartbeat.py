@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterapi.models import ProcessHeartbeat, utcnow
+from meterapi.models import CacheRevision, ProcessHeartbeat, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ FORGET_AFTER = timedelta(hours=1)  # rows of processes that died without saying 
 
 READ_REVISION = text("SELECT revision FROM cache_revision WHERE id = 1")
 _ROW = ProcessHeartbeat.__table__  # type: ignore[attr-defined]
+_REVISION = CacheRevision.__table__  # type: ignore[attr-defined]
 
 
 def _now(connection: AsyncConnection) -> Any:
@@ -118,17 +119,22 @@ async def await_acknowledged(
     applied the change on commit). Returns at ``timeout_s`` at the latest, when any process
     that did not acknowledge no longer trusts its cache (see the module's docstring)."""
     started = time.monotonic()
-    async with engine.connect() as connection:
-        revision = int((await connection.execute(READ_REVISION)).scalar_one())
+    revision: int | None = None  # the first query reads it, with the first answer
     while True:
         async with engine.connect() as connection:
             live_since = _now(connection) - timedelta(seconds=live_s)
-            query = select(_ROW.c.hostname, _ROW.c.pid).where(
-                _ROW.c.revision < revision, _ROW.c.seen_at > live_since
-            )
+            target = _REVISION.c.revision if revision is None else literal(revision)
+            behind = (_ROW.c.revision < target) & (_ROW.c.seen_at > live_since)
             if exclude is not None:
-                query = query.where(_ROW.c.id != exclude)
-            pending = [f"{host}:{pid}" for host, pid in (await connection.execute(query)).all()]
+                behind &= _ROW.c.id != exclude
+            query = (
+                select(_REVISION.c.revision, _ROW.c.hostname, _ROW.c.pid)
+                .select_from(_REVISION.outerjoin(_ROW, behind))
+                .where(_REVISION.c.id == 1)
+            )
+            rows = (await connection.execute(query)).all()
+        revision = int(rows[0][0]) if revision is None else revision
+        pending = [f"{host}:{pid}" for _, host, pid in rows if host is not None]
         waited = time.monotonic() - started
         if not pending:
             return Acknowledgement(revision, waited, ())
