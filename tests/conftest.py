@@ -91,7 +91,8 @@ async def _empty_postgres(url: str) -> None:
             await connection.execute(
                 text(
                     "TRUNCATE usage_event, usage_report, api_key, checkout_session, "
-                    "stripe_event, subscription_signal, outbound_event, customer "
+                    "stripe_event, subscription_signal, outbound_event, customer, "
+                    "process_heartbeat "
                     "RESTART IDENTITY CASCADE"
                 )
             )

@@ -21,6 +21,7 @@ from meterapi.billing.gateway import StripeGateway
 from meterapi.config import ConfigError, Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.errors import DomainError, ValidationFailed
+from meterapi.keys import heartbeat
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.metering import limits, reconcile_report
@@ -316,6 +317,8 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
                 key = await key_service.revoke(
                     session, key_id=args.key_id, customer_id=None, allow_last=args.force
                 )
+            # Committed; return once no running process can serve the key any more.
+            await heartbeat.await_acknowledged(engine)
             log.info("revoked key %s", key.id)
             return f"revoked {key.id}"
         finally:

@@ -15,7 +15,7 @@ from sqlmodel import select
 from meterapi.app import create_app
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import invalidation
-from meterapi.models import Customer
+from meterapi.models import CacheRevision, Customer, ProcessHeartbeat
 from tests.conftest import make_settings
 from tests.integration.keys_support import headers, runtime_of, seed_customer_with_key
 
@@ -142,3 +142,64 @@ async def test_a_change_in_this_process_applies_on_commit_only(
         await invalidation.bump(session, customer_id=customer_id)
     # Same process: no waiting at all, the commit itself dropped the entry.
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 402
+
+
+async def test_delete_returns_once_the_other_process_has_applied_it(db_url: str) -> None:
+    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed_customer_with_key(app_a)
+        created = (await a.post("/v1/keys", headers=headers(key))).json()
+        doomed = created["api_key"]
+        assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 200
+
+        revoked = await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
+        assert revoked.status_code == 204
+        # No waiting here: B has acknowledged the revision before A answered.
+        invalidator_b = runtime_of(app_b).keys.invalidator
+        revision = await _revision(db_url)
+        assert runtime_of(app_b).keys.cache.revision == revision
+        async with invalidator_b.engine.connect() as connection:
+            row = await connection.execute(
+                select(ProcessHeartbeat.revision).where(
+                    ProcessHeartbeat.id == invalidator_b.heartbeat.id
+                )
+            )
+            assert row.scalar_one() == revision
+        assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 401
+        assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
+
+
+async def test_a_process_that_cannot_hear_the_feed_stops_trusting_its_cache(
+    db_url: str,
+) -> None:
+    """B is cut off from invalidations (no notification, no poll). A's DELETE still returns
+    only when B cannot serve the key: B no longer trusts its cache and reads the database."""
+    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed_customer_with_key(app_a)
+        created = (await a.post("/v1/keys", headers=headers(key))).json()
+        doomed = created["api_key"]
+        assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 200
+        invalidator_b = runtime_of(app_b).keys.invalidator
+
+        async def unreachable() -> bool:
+            raise ConnectionError("the feed is down")
+
+        invalidator_b.check_in = unreachable  # type: ignore[method-assign]
+        for task in invalidator_b._tasks:
+            task.cancel()
+
+        revoked = await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
+        assert revoked.status_code == 204
+        refused = await b.get("/v1/data", headers=headers(doomed))
+        assert refused.status_code == 401
+        # Still serving the keys that are valid, from the database.
+        assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
+
+
+async def _revision(db_url: str) -> int:
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(select(CacheRevision.revision))
+            return int(result.scalar_one())
+    finally:
+        await engine.dispose()

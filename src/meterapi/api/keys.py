@@ -157,6 +157,9 @@ async def rotate_key(
         pepper=runtime.keys.pepper,
         live=runtime.keys.live,
     )
+    if body.grace_seconds == 0:  # the old key ends now, as if revoked: everywhere, then answer
+        await session.commit()
+        await runtime.keys.propagate()
     return KeyCreated.of(key, plaintext)
 
 
@@ -170,6 +173,11 @@ async def rotate_key(
         409: {"description": "Your only active key: rotate it instead (grace_seconds: 0)"},
     },
 )
-async def revoke_key(key_id: KeyIdPath, caller: CustomerDep, session: SessionDep) -> Response:
+async def revoke_key(
+    key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, runtime: RuntimeDep
+) -> Response:
     await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
+    await session.commit()
+    # The contract: when this returns, no worker or replica serves the key.
+    await runtime.keys.propagate()
     return Response(status_code=204)

@@ -13,10 +13,15 @@ Invalidation (see ``invalidation``) removes entries by key id or customer id, or
 Every invalidation advances ``generation``; a fill records the generation before its database
 read and is dropped if an invalidation happened meanwhile, so a read that raced a revocation
 can never re-insert the stale state.
+
+``trusted_until`` (monotonic) is how long the invalidation feed vouches for the cache; past it
+every lookup misses, so each request reads the database (``keys.heartbeat``). A cache nobody
+invalidates (a single unit of work) is trusted for ever.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -56,6 +61,7 @@ class KeyCache:
         self.clock = clock
         self.generation = 0
         self.revision: int | None = None  # the cache_revision this cache is known to reflect
+        self.trusted_until = math.inf
         self._keys: OrderedDict[str, KeyEntry] = OrderedDict()
         self._key_digests: dict[str, str] = {}
         self._misses: OrderedDict[str, float] = OrderedDict()
@@ -69,12 +75,18 @@ class KeyCache:
 
     # -- lookups ---------------------------------------------------------------------------
 
+    def trusted(self) -> bool:
+        return self.clock() < self.trusted_until
+
     def key(self, digest: str) -> KeyEntry | None:
         entry = self._keys.get(digest)
         if entry is None:
             return None
-        if entry.valid_until <= self.clock():
+        now = self.clock()
+        if entry.valid_until <= now:
             self._drop_key(digest)
+            return None
+        if now >= self.trusted_until:
             return None
         self._keys.move_to_end(digest)
         return entry
@@ -83,8 +95,11 @@ class KeyCache:
         until = self._misses.get(digest)
         if until is None:
             return False
-        if until <= self.clock():
+        now = self.clock()
+        if until <= now:
             del self._misses[digest]
+            return False
+        if now >= self.trusted_until:
             return False
         self._misses.move_to_end(digest)
         return True
@@ -93,8 +108,11 @@ class KeyCache:
         entry = self._customers.get(customer_id)
         if entry is None:
             return None
-        if entry.valid_until <= self.clock():
+        now = self.clock()
+        if entry.valid_until <= now:
             del self._customers[customer_id]
+            return None
+        if now >= self.trusted_until:
             return None
         self._customers.move_to_end(customer_id)
         return entry

@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker
 from meterapi.errors import InvalidApiKey
-from meterapi.keys import hashing, invalidation, service
+from meterapi.keys import hashing, heartbeat, invalidation, service
 from meterapi.keys.cache import KeyCache
 from meterapi.keys.format import is_live_stripe_key
+from meterapi.keys.heartbeat import Acknowledgement
 from meterapi.keys.invalidation import Invalidator
 from meterapi.keys.last_used import LastUsedTracker
 from meterapi.keys.service import Principal
@@ -32,9 +33,11 @@ class KeyGuard:
         invalidator: Invalidator,
         last_used: LastUsedTracker,
         sessionmaker: Sessionmaker,
+        engine: AsyncEngine,
     ) -> None:
         self._pepper = pepper
         self.sessionmaker = sessionmaker
+        self.engine = engine
         self.live = live
         self.past_due_grace_s = past_due_grace_s
         self.cache = cache
@@ -42,6 +45,7 @@ class KeyGuard:
         self.last_used = last_used
         # Cache fills in progress, by digest: concurrent misses on one key share one read.
         self._fills: dict[str, asyncio.Task[None]] = {}
+        self._check_in_task: asyncio.Task[bool] | None = None
 
     def __repr__(self) -> str:  # never the pepper
         return f"KeyGuard(live={self.live}, cache={self.cache!r})"
@@ -59,14 +63,22 @@ class KeyGuard:
             live=is_live_stripe_key(secret.get_secret_value() if secret else None),
             past_due_grace_s=settings.past_due_grace_s,
             cache=cache,
-            invalidator=Invalidator(cache, engine=engine, database_url=settings.database_url),
+            invalidator=Invalidator(cache, database_url=settings.database_url),
             last_used=LastUsedTracker(sessionmaker),
             sessionmaker=sessionmaker,
+            engine=engine,
         )
 
     @property
     def pepper(self) -> bytes:
         return self._pepper
+
+    async def propagate(self) -> Acknowledgement:
+        """After committing a revocation: return once no other process can serve the key
+        (every live one applied the change, or stopped trusting its cache; keys.heartbeat)."""
+        return await heartbeat.await_acknowledged(
+            self.engine, exclude=self.invalidator.heartbeat.id
+        )
 
     async def start(self) -> None:
         await self.invalidator.start()
@@ -86,14 +98,35 @@ class KeyGuard:
         the customer's own keys, usage and billing portal, which a lapsed customer needs most.
         """
         now = now or utcnow()
-        principal = self._from_cache(plaintext, require_access=require_access, now=now)
-        if principal is None:
-            await self._fill(plaintext, now)
+        principal = None
+        if not self.cache.trusted():
+            await self._check_in()
+        # Still untrusted (the invalidation feed cannot be heard): the database answers.
+        if self.cache.trusted():
             principal = self._from_cache(plaintext, require_access=require_access, now=now)
-        if principal is None:  # invalidated between the fill and now: read for this request
+            if principal is None:
+                await self._fill(plaintext, now)
+                principal = self._from_cache(plaintext, require_access=require_access, now=now)
+        if principal is None:  # untrusted, or invalidated since the fill: read for this request
             principal = await self._read(plaintext, require_access=require_access, now=now)
         self.last_used.note(principal.key_id, now)
         return principal
+
+    async def _check_in(self) -> None:
+        """The cache's trust ran out (the poller is late: a starved event loop, a slow
+        database): check in now, once for all concurrent callers. Failing, callers read the
+        database themselves."""
+        if self._check_in_task is None:
+
+            def done(task: asyncio.Task[bool]) -> None:
+                self._check_in_task = None
+                if not task.cancelled():
+                    task.exception()  # retrieved: a failure only means reading the database
+
+            self._check_in_task = asyncio.create_task(self.invalidator.check_in())
+            self._check_in_task.add_done_callback(done)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._check_in_task)
 
     def _from_cache(
         self, plaintext: str, *, require_access: bool, now: datetime

@@ -14,17 +14,21 @@ How it works
    discards any fill whose read started before the invalidation).
 3. Other processes, PostgreSQL: one dedicated asyncpg connection per process LISTENs on
    ``meterapi_cache``. PostgreSQL delivers the notification when the changing transaction
-   commits; the listener drops the named entries. Staleness is the delivery latency (the commit
-   returns, then the notification crosses one socket — typically well under 10 ms on one host).
-   When the listener connection is lost, the cache is cleared on reconnect, since notifications
-   sent meanwhile are gone.
-4. Every process also polls ``cache_revision`` (one indexed row): every ``fast_poll_s`` (0.5 s)
-   on SQLite or while the PostgreSQL listener is down, every ``slow_poll_s`` (5 s) as a backstop
-   while it is up. If the revision moved by anything this process did not already apply, the
-   whole cache is cleared. On SQLite (several workers on one file) the bound on staleness is
-   therefore the poll interval, 0.5 s plus the poll's own duration.
-5. Whatever happens, no entry outlives the cache TTL (``METERAPI_KEY_CACHE_TTL_S``), which
-   bounds staleness if the database itself cannot be reached to poll.
+   commits; the listener drops the named entries and checks in at once (4). When the listener
+   connection is lost, the cache is cleared on reconnect, since notifications sent meanwhile
+   are gone.
+4. Every process checks in (``Invalidator.check_in``): it reads ``cache_revision`` (one row)
+   and, if the revision moved by anything this process did not already apply, clears the whole
+   cache; then it records the revision it has applied in its ``process_heartbeat`` row. Every
+   ``fast_poll_s`` (0.05 s) on SQLite or while the PostgreSQL listener is down, every
+   ``slow_poll_s`` (0.5 s) while it is up, and at once after a notification.
+5. Revocation waits for the acknowledgements: ``keys.heartbeat.await_acknowledged`` returns when
+   every live process has recorded the new revision, and at the latest when any process that
+   has not has stopped trusting its cache (it does so ``heartbeat.TRUST_S`` after its last
+   successful check-in, and then reads the database on every request). So when a revocation
+   returns, no process serves the key (CONTRACT §3); other changes (rotation with a grace,
+   subscription state) reach every process within one check-in and are not waited for.
+6. Whatever happens, no entry outlives the cache TTL (``METERAPI_KEY_CACHE_TTL_S``).
 """
 
 from __future__ import annotations
@@ -32,17 +36,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.db import Sessionmaker
+from meterapi.db import Sessionmaker, make_engine
+from meterapi.keys import heartbeat
 from meterapi.keys.cache import KeyCache
 
 log = logging.getLogger(__name__)
@@ -51,7 +56,6 @@ CHANNEL = "meterapi_cache"
 _CACHE_INFO = "meterapi.keys.cache"
 _PENDING_INFO = "meterapi.keys.pending_invalidations"
 _BUMP = text("UPDATE cache_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision")
-_READ = text("SELECT revision FROM cache_revision WHERE id = 1")
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
@@ -126,34 +130,53 @@ def asyncpg_dsn(database_url: str) -> str:
 
 
 class Invalidator:
-    """Keeps one process's cache in step with the database: the LISTEN task and the poller."""
+    """Keeps one process's cache in step with the database: the LISTEN task, and the check-ins
+    that poll the revision, acknowledge it in this process's heartbeat row and keep the cache
+    trusted (``keys.heartbeat``). Both use connections of their own, so that a request load
+    holding the service's pool cannot starve them into distrusting the cache."""
 
     def __init__(
         self,
         cache: KeyCache,
         *,
-        engine: AsyncEngine,
         database_url: str,
-        fast_poll_s: float = 0.5,
-        slow_poll_s: float = 5.0,
+        fast_poll_s: float = 0.05,
+        slow_poll_s: float = 0.5,
+        beat_s: float = 0.5,
+        trust_s: float = heartbeat.TRUST_S,
     ) -> None:
         self.cache = cache
-        self.engine = engine
         self.listen = database_url.startswith("postgresql")
         self._dsn = asyncpg_dsn(database_url) if self.listen else ""
+        self.engine = (
+            make_engine(database_url, pool_size=1, max_overflow=1)
+            if self.listen
+            else make_engine(database_url)
+        )
         self.fast_poll_s = fast_poll_s
         self.slow_poll_s = slow_poll_s
+        self.beat_s = beat_s
+        self.trust_s = trust_s
+        self.heartbeat = heartbeat.Heartbeat()
         self.listening = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._acknowledged: int | None = None  # the revision the heartbeat row holds
+        self._beat_started = -math.inf  # monotonic start of the last check-in that wrote it
         self._tasks: list[asyncio.Task[None]] = []
+        cache.trusted_until = -math.inf  # nothing is trusted before the first check-in
 
     def __repr__(self) -> str:
-        return f"Invalidator(listen={self.listen}, listening={self.listening.is_set()})"
+        return (
+            f"Invalidator(listen={self.listen}, listening={self.listening.is_set()}, "
+            f"{self.heartbeat!r})"
+        )
 
     async def start(self, *, settle_s: float = 5.0) -> None:
-        """Start listening and polling; wait (at most ``settle_s``) for the first revision read
-        and the first LISTEN attempt, so that no entry is cached before the cache has a
-        reference point. A database that is down delays nothing: both keep retrying."""
+        """Start listening and polling; wait (at most ``settle_s``) for the first check-in and
+        the first LISTEN attempt, so that no entry is cached before the cache has a reference
+        point. A database that is down delays nothing: both keep retrying, and until a check-in
+        succeeds every request reads the database."""
         first_attempt = asyncio.Event()
         if self.listen:
             self._tasks.append(
@@ -164,12 +187,15 @@ class Invalidator:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(settle_s):
                 await first_attempt.wait()
-                await self.poll_once()
+                await self.check_in()
         self._tasks.append(asyncio.create_task(self._poll_forever(), name="key-cache-poller"))
 
     async def stop(self) -> None:
-        # Let a poll in flight finish rather than cancel it inside the driver's thread hop.
+        # Deaf from now on, so trust nothing (requests still in flight read the database).
+        self.cache.trusted_until = -math.inf
+        # Let a check-in in flight finish rather than cancel it inside the driver's thread hop.
         self._stopping.set()
+        self._wake.set()
         for task in self._tasks:
             if task.get_name() != "key-cache-poller":
                 task.cancel()
@@ -177,31 +203,54 @@ class Invalidator:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, timeout=12)
         self._tasks.clear()
+        try:
+            async with asyncio.timeout(5):
+                await self.heartbeat.leave(self.engine)  # revocations stop waiting for us
+        except Exception as exc:
+            log.warning("could not remove this process's heartbeat: %s", type(exc).__name__)
+        finally:
+            await self.engine.dispose()
 
-    async def poll_once(self) -> bool:
-        """Read ``cache_revision``; True if the cache was cleared because it moved."""
+    async def check_in(self) -> bool:
+        """Read ``cache_revision`` (clearing the cache if it moved), record the revision now
+        applied in the heartbeat row when it changed or ``beat_s`` passed, and extend the
+        cache's trust from this check-in's start. True if the cache was cleared."""
+        started = self.cache.clock()
         async with self.engine.connect() as connection:
-            revision = (await connection.execute(_READ)).scalar_one_or_none()
-        return revision is not None and self.cache.observe_revision(int(revision))
+            revision = (await connection.execute(heartbeat.READ_REVISION)).scalar_one_or_none()
+            cleared = revision is not None and self.cache.observe_revision(int(revision))
+            applied = self.cache.revision
+            if applied is not None and (
+                applied != self._acknowledged or started - self._beat_started >= self.beat_s
+            ):
+                await self.heartbeat.beat(connection, revision=applied)
+                await connection.commit()
+                self._acknowledged = applied
+                self._beat_started = started
+        # Trusted while both this read and the row's time are recent (keys.heartbeat).
+        if not self._stopping.is_set():
+            self.cache.trusted_until = min(started, self._beat_started) + self.trust_s
+        return cleared
 
     async def _poll_forever(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(10):
-                    await self.poll_once()
+                    await self.check_in()
                 failures = 0
             except Exception as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warning(
-                        "key cache poll failed (%d times): %s", failures, type(exc).__name__
+                        "key cache check-in failed (%d times): %s", failures, type(exc).__name__
                     )
             fast = not self.listening.is_set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._stopping.wait(), self.fast_poll_s if fast else self.slow_poll_s
+                    self._wake.wait(), self.fast_poll_s if fast else self.slow_poll_s
                 )
+            self._wake.clear()
 
     async def _listen_forever(self, first_attempt: asyncio.Event) -> None:
         delay = 0.5
@@ -240,5 +289,7 @@ class Invalidator:
         except ValueError:
             log.warning("key cache: unreadable notification; clearing the cache")
             self.cache.clear()
+            self._wake.set()
             return
         change.apply(self.cache)
+        self._wake.set()  # acknowledge now: a revocation may be waiting for this process

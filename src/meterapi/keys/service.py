@@ -231,10 +231,13 @@ async def authenticate(
     if principal is not None:
         return principal
     digest = hashing.digest(plaintext, pepper=pepper)
-    entry = cache.key(digest) or await _load(session, digest, cache=cache, now=now)
-    customer = cache.customer(entry.customer_id) or await _load_customer(
-        session, entry.customer_id, cache=cache
-    )
+    entry = cache.key(digest)
+    if entry is None:
+        entry, customer = await _load(session, digest, cache=cache, now=now)
+    else:
+        customer = cache.customer(entry.customer_id) or await _load_customer(
+            session, entry.customer_id, cache=cache
+        )
     return _admit(
         entry,
         customer,
@@ -296,7 +299,9 @@ def _admit(
     )
 
 
-async def _load(session: AsyncSession, digest: str, *, cache: KeyCache, now: datetime) -> KeyEntry:
+async def _load(
+    session: AsyncSession, digest: str, *, cache: KeyCache, now: datetime
+) -> tuple[KeyEntry, CustomerEntry]:
     generation = cache.generation  # before the read: a concurrent invalidation voids the fill
     result = await session.exec(
         select(ApiKey, Customer)
@@ -316,9 +321,10 @@ async def _load(session: AsyncSession, digest: str, *, cache: KeyCache, now: dat
         name=key.name,
         rotated=key.rotated_at is not None,
     )
+    customer_entry = _customer_entry(customer, cache)
     cache.put_key(digest, entry, generation=generation)
-    cache.put_customer(_customer_entry(customer, cache), generation=generation)
-    return entry
+    cache.put_customer(customer_entry, generation=generation)
+    return entry, customer_entry
 
 
 async def _load_customer(
