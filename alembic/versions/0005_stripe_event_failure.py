@@ -20,7 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("stripe_event") as batch:
-        batch.add_column(sa.Column("failed_at", meterapi.models.UTCDateTime(timezone=True), nullable=True))
+        batch.add_column(
+            sa.Column("failed_at", meterapi.models.UTCDateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.errors import DomainError
 from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
+from meterapi.metrics import MULTIPROCESS_DIR_ENV, multiprocess_dir
 from meterapi.runtime import Runtime
 from meterapi.stripe_emulator import EmulatorServer
 from meterapi.stripe_emulator import main as emulator_main
@@ -31,6 +34,7 @@ Command = Callable[[argparse.Namespace, Any], int]
 
 
 EMULATOR_PORT = 12111
+WORKER_HEALTHCHECK_S = 30
 EMULATOR_BANNER = """
   ======================================================================
    EMULATOR MODE: no METERAPI_STRIPE_SECRET_KEY is set.
@@ -81,11 +85,30 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     migrations.upgrade(settings.database_url)
     emulator = _start_emulator(args, settings) if settings.emulator_mode else None
     try:
-        _run_uvicorn(args)
+        with _shared_metrics(args.workers):
+            _run_uvicorn(args)
     finally:
         if emulator is not None:
             emulator.stop()
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where they add up their metrics (removed after).
+
+    Set before the workers start, so each imports ``prometheus-client`` in its multiprocess
+    mode; one worker counts in memory. An operator's own PROMETHEUS_MULTIPROC_DIR is kept.
+    """
+    if workers <= 1 or multiprocess_dir() is not None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="meterapi-metrics-") as shared:
+        os.environ[MULTIPROCESS_DIR_ENV] = shared
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
 
 
 def _run_uvicorn(args: argparse.Namespace) -> None:
@@ -102,6 +125,9 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         proxy_headers=False,
         log_level="info",
         timeout_graceful_shutdown=20,
+        # A worker answers uvicorn's health check once its lifespan has started; on a busy
+        # host that takes longer than uvicorn's 5 s, and the workers were killed in a loop.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
 
 
