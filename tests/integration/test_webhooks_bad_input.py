@@ -157,3 +157,17 @@ async def test_a_transient_stripe_failure_is_still_retried_by_stripe(
     await emulator_control.clear_faults()
     # Once Stripe answers, its answer (404) is permanent.
     assert (await deliver(client, evt)).json()["outcome"] == "failed_permanently"
+
+
+async def test_a_signed_event_with_an_unreadable_date_fails_permanently(
+    client: httpx.AsyncClient, sessionmaker: Sessionmaker
+) -> None:
+    far = subscription(period=(1_800_000_000, 10**15))
+    evt = event("customer.subscription.created", far, created=int(time.time()))
+    response = await deliver(client, evt)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "failed_permanently"
+    async with sessionmaker() as session:
+        (stored,) = await inbox(session)
+        assert await customer_by_stripe_id(session, "cus_1") is None
+    assert stored.failed_at is not None and stored.last_error == "ValueError"
