@@ -160,9 +160,9 @@ async def test_a_transient_stripe_failure_is_still_retried_by_stripe(
 
 
 async def test_a_signed_event_with_an_unreadable_date_fails_permanently(
-    client: httpx.AsyncClient, sessionmaker: Sessionmaker
+    client: httpx.AsyncClient, sessionmaker: Sessionmaker, stripe_price: str
 ) -> None:
-    far = subscription(period=(1_800_000_000, 10**15))
+    far = subscription(price=stripe_price, period=(1_800_000_000, 10**15))
     evt = event("customer.subscription.created", far, created=int(time.time()))
     response = await deliver(client, evt)
     assert response.status_code == 200
