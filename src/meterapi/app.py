@@ -13,7 +13,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from meterapi import __version__
 from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
 from meterapi.api.direct import check_direct_routes
-from meterapi.api.errors import install_error_handlers
+from meterapi.api.errors import UnhandledErrors, install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.paid import UsageRecording
 from meterapi.api.plugins import check_routers, load_routers
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTiming, histogram=runtime.metrics.request_latency)
+    app.add_middleware(UnhandledErrors)
     if settings.trusted_proxies:
         # Outermost: every layer (limits, logs) sees the client the trusted proxy names.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ from meterapi.keys import service as key_service
 from meterapi.keys.format import is_live_stripe_key
 from meterapi.metering import limits, reconcile_report
 from meterapi.metering.reconcile import Drift, Reconciler
+from meterapi.metrics import MULTIPROCESS_DIR_ENV, multiprocess_dir
 from meterapi.outbound import outbox
 from meterapi.runtime import Runtime
 from meterapi.stripe_emulator import command as emulator_command
@@ -65,11 +68,30 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     else:
         emulator_mode.warn_without_public_url(settings)
     try:
-        _run_uvicorn(args)
+        with _shared_metrics(args.workers):
+            _run_uvicorn(args)
     finally:
         if emulator is not None:
             emulator.stop()
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where they add up their metrics (removed after).
+
+    Set before the workers start, so each imports ``prometheus-client`` in its multiprocess
+    mode; one worker counts in memory. An operator's own PROMETHEUS_MULTIPROC_DIR is kept.
+    """
+    if workers <= 1 or multiprocess_dir() is not None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="meterapi-metrics-") as shared:
+        os.environ[MULTIPROCESS_DIR_ENV] = shared
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
 
 
 def _run_uvicorn(args: argparse.Namespace) -> None:

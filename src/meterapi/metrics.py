@@ -1,78 +1,71 @@
-"""A small in-process metrics registry, rendered in Prometheus' text format at ``/metrics``.
+"""The service's metrics, rendered by ``prometheus-client`` in Prometheus' text format.
 
-Counters and histograms only, labelled by a few fixed names; nothing here does I/O.
+Counters and histograms live in ``prometheus-client``. With several worker processes
+(``meterapi serve --workers N``) it runs in its multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``
+is set before the workers start, each worker writes its figures there, and ``/metrics``, in
+whichever worker answers, adds up every worker's. Without it, one process counts alone.
+
+Gauges here are read from the database when scraped (pending units…): they are the service's
+whole state already, so they are reported as they are, never summed across workers.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import defaultdict
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
-Labels = tuple[tuple[str, str], ...]
 
-
-def _render_labels(labels: Labels, extra: str = "") -> str:
-    parts = [f'{k}="{v}"' for k, v in labels]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+def multiprocess_dir() -> str | None:
+    """Where workers share their figures, when several serve together."""
+    return os.environ.get(MULTIPROCESS_DIR_ENV) or None
 
 
 class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
+    """A counter; label names are declared up front, their values given to ``inc``."""
+
+    def __init__(
+        self, name: str, help_text: str, registry: CollectorRegistry, labels: Sequence[str] = ()
+    ) -> None:
         self.name, self.help = name, help_text
-        self._values: dict[Labels, float] = defaultdict(float)
-        self._lock = threading.Lock()
+        self._registry = registry
+        self._counter = prometheus_client.Counter(
+            name, help_text, labelnames=tuple(labels), registry=registry
+        )
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._values[key] += amount
+        (self._counter.labels(**labels) if labels else self._counter).inc(amount)
 
     def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0.0)
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        if not self._values:
-            yield f"{self.name} 0"
-        for labels, value in sorted(self._values.items()):
-            yield f"{self.name}{_render_labels(labels)} {value:g}"
+        """This process's count (tests and diagnostics)."""
+        return self._registry.get_sample_value(self.name, labels) or 0.0
 
 
 class Histogram:
     def __init__(
-        self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_S
+        self,
+        name: str,
+        help_text: str,
+        registry: CollectorRegistry,
+        labels: Sequence[str] = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
     ) -> None:
         self.name, self.help, self.buckets = name, help_text, buckets
-        self._counts: dict[Labels, list[int]] = {}
-        self._sums: dict[Labels, float] = defaultdict(float)
-        self._lock = threading.Lock()
+        self._histogram = prometheus_client.Histogram(
+            name, help_text, labelnames=tuple(labels), registry=registry, buckets=buckets
+        )
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
-            counts[bisect.bisect_left(self.buckets, value)] += 1
-            self._sums[key] += value
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        for labels, counts in sorted(self._counts.items()):
-            running = 0
-            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
-                running += count
-                le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                bucket_labels = _render_labels(labels, 'le="' + le + '"')
-                yield f"{self.name}_bucket{bucket_labels} {running}"
-            yield f"{self.name}_sum{_render_labels(labels)} {self._sums[labels]:g}"
-            yield f"{self.name}_count{_render_labels(labels)} {running}"
+        (self._histogram.labels(**labels) if labels else self._histogram).observe(value)
 
 
 class Gauge:
@@ -82,33 +75,45 @@ class Gauge:
         self.name, self.help = name, help_text
         self.value = 0.0
 
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        yield f"{self.name} {self.value:g}"
+
+class _Gauges(Collector):
+    """Reports the scraped gauges as they are (not per process, not summed)."""
+
+    def __init__(self, gauges: list[Gauge]) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        for gauge in self.gauges:
+            yield GaugeMetricFamily(gauge.name, gauge.help, value=gauge.value)
 
 
 class Registry:
     def __init__(self) -> None:
-        self._metrics: list[Counter | Histogram | Gauge] = []
+        self._registry = CollectorRegistry()
+        self._gauges: list[Gauge] = []
+        self._gauge_collector = _Gauges(self._gauges)
+        self._registry.register(self._gauge_collector)
 
-    def counter(self, name: str, help_text: str) -> Counter:
-        metric = Counter(name, help_text)
-        self._metrics.append(metric)
-        return metric
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, help_text, self._registry, labels)
 
-    def histogram(self, name: str, help_text: str) -> Histogram:
-        metric = Histogram(name, help_text)
-        self._metrics.append(metric)
-        return metric
+    def histogram(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Histogram:
+        return Histogram(name, help_text, self._registry, labels)
 
     def gauge(self, name: str, help_text: str) -> Gauge:
         metric = Gauge(name, help_text)
-        self._metrics.append(metric)
+        self._gauges.append(metric)
         return metric
 
     def render(self) -> str:
-        return "\n".join(line for m in self._metrics for line in m.render()) + "\n"
+        """The text format: every worker's counters and histograms when several serve."""
+        shared = multiprocess_dir()
+        if shared is None:
+            return generate_latest(self._registry).decode()
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=shared)  # type: ignore[no-untyped-call]
+        combined.register(self._gauge_collector)
+        return generate_latest(combined).decode()
 
 
 class Metrics:
@@ -118,10 +123,14 @@ class Metrics:
         self.registry = Registry()
         r = self.registry
         self.auth_outcomes = r.counter(
-            "meterapi_auth_outcomes_total", "API key checks by outcome (ok or an error code)."
+            "meterapi_auth_outcomes_total",
+            "API key checks by outcome (ok or an error code).",
+            labels=("code",),
         )
         self.request_latency = r.histogram(
-            "meterapi_request_duration_seconds", "Request latency by route template."
+            "meterapi_request_duration_seconds",
+            "Request latency by route template.",
+            labels=("route", "status"),
         )
         self.units_recorded = r.counter(
             "meterapi_usage_units_recorded_total", "Billable units written to the ledger."
@@ -143,7 +152,9 @@ class Metrics:
             "Age of the oldest unacknowledged usage (0 when none).",
         )
         self.webhook_events = r.counter(
-            "meterapi_webhook_events_total", "Stripe webhook deliveries by outcome."
+            "meterapi_webhook_events_total",
+            "Stripe webhook deliveries by outcome.",
+            labels=("outcome",),
         )
         self.outbound_deliveries = r.counter(
             "meterapi_outbound_webhook_deliveries_total",

@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 from meterapi.app import create_app
 from meterapi.billing.claim import claim_token
 from meterapi.db import make_engine
+from meterapi.models import ApiKey, UTCDateTime
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import make_settings, stripe_settings
 from tests.integration.keys_support import headers, seed_customer_with_key
@@ -66,8 +68,8 @@ async def test_database_errors_do_not_carry_bound_parameters(db_url: str) -> Non
     statement = sa.text(
         "INSERT INTO customer (stripe_customer_id, email, cancel_at_period_end, created_at,"
         " updated_at) VALUES (:cus, :email, false, :now, :now)"
-    )
-    values = {"cus": marker, "email": f"{marker}@example.com", "now": "2026-01-01 00:00:00"}
+    ).bindparams(sa.bindparam("now", type_=UTCDateTime()))
+    values = {"cus": marker, "email": f"{marker}@example.com", "now": datetime.now(UTC)}
     try:
         async with engine.begin() as connection:
             await connection.execute(statement, values)
@@ -80,25 +82,44 @@ async def test_database_errors_do_not_carry_bound_parameters(db_url: str) -> Non
     assert "hide_parameters" in str(caught.value)
 
 
-async def test_an_unhandled_error_is_logged_without_its_text(
+async def test_an_unhandled_error_is_logged_without_its_text_or_parameters(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(make_settings(db_url))
-    secret = "cus_" + secrets.token_hex(8)
+    marker = "secret_" + secrets.token_hex(8)
 
     @app.get("/boom")
     async def boom() -> None:
-        raise RuntimeError(f"parameters: {secret}")
+        raise RuntimeError(f"parameters: {marker}")
 
-    async with served(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            with caplog.at_level(logging.INFO):
-                response = await client.get("/boom")
-    assert response.status_code == 500
-    assert response.json()["error"]["code"] == "internal_error"
-    assert secret not in caplog.text
-    assert "RuntimeError" in caplog.text
+    @app.get("/boom-sql")
+    async def boom_sql() -> None:
+        # A naive datetime is refused while binding: a StatementError that, shown in full,
+        # would quote the other parameters too.
+        async with app.state.runtime.sessionmaker() as session:
+            session.add(
+                ApiKey(
+                    id="key_x",
+                    customer_id=1,
+                    name=marker,
+                    digest=marker,
+                    prefix="mk",
+                    last4="abcd",
+                    created_at=datetime(2030, 1, 1),
+                )
+            )
+            await session.flush()
+
+    async with served(app), client_from(app) as client:  # app exceptions would raise here
+        with caplog.at_level(logging.DEBUG):
+            for path in ("/boom", "/boom-sql"):
+                response = await client.get(path)
+                assert response.status_code == 500
+                assert response.json()["error"]["code"] == "internal_error"
+    logged = caplog.text + "".join(repr(r.args) + str(r.exc_info) for r in caplog.records)
+    assert marker not in logged
+    assert "unhandled RuntimeError on GET /boom at" in caplog.text
+    assert "unhandled StatementError on GET /boom-sql at" in caplog.text
 
 
 # -- 10: bodies over METERAPI_MAX_BODY_BYTES -------------------------------------------------

@@ -27,6 +27,7 @@ from tests.integration.billing_support import (
     signed,
     subscription,
 )
+from tests.metrics_support import sample
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ async def test_checkout_for_a_session_stripe_does_not_know_fails_permanently_wit
         (again,) = await inbox(session)
     assert again.attempts == 2 and again.failed_at is not None
     metrics = (await client.get("/metrics")).text
-    assert 'meterapi_webhook_events_total{outcome="failed_permanently"} 2' in metrics
+    assert sample(metrics, "meterapi_webhook_events_total", outcome="failed_permanently") == 2
     # `meterapi webhooks replay` still picks it up.
     async with session_scope(sessionmaker) as session:
         receipts = await webhooks.replay_unprocessed(
@@ -156,3 +157,17 @@ async def test_a_transient_stripe_failure_is_still_retried_by_stripe(
     await emulator_control.clear_faults()
     # Once Stripe answers, its answer (404) is permanent.
     assert (await deliver(client, evt)).json()["outcome"] == "failed_permanently"
+
+
+async def test_a_signed_event_with_an_unreadable_date_fails_permanently(
+    client: httpx.AsyncClient, sessionmaker: Sessionmaker, stripe_price: str
+) -> None:
+    far = subscription(price=stripe_price, period=(1_800_000_000, 10**15))
+    evt = event("customer.subscription.created", far, created=int(time.time()))
+    response = await deliver(client, evt)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "failed_permanently"
+    async with sessionmaker() as session:
+        (stored,) = await inbox(session)
+        assert await customer_by_stripe_id(session, "cus_1") is None
+    assert stored.failed_at is not None and stored.last_error == "ValueError"

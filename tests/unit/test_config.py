@@ -119,6 +119,8 @@ def test_cli_names_the_missing_outbound_secret(
     monkeypatch.chdir("/")
     assert main(["db", "upgrade"]) == 2
     assert "METERAPI_WEBHOOK_SECRET" in capsys.readouterr().err
+
+
 def test_the_operator_api_is_off_by_default_and_rate_limit_unset() -> None:
     s = settings()
     assert s.admin_token is None and s.rate_limit is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterapi.errors import DomainError
 
@@ -89,10 +92,54 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _where(exc: BaseException) -> str:
+    """The file and line that raised: enough to find the bug, with none of the data."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # Log the type and route only: an exception's text can carry request data.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    # Log the type, route and place only: an exception's text can carry request data (a SQL
+    # error's bound parameters, a driver's message quoting a value).
+    log.error(
+        "unhandled %s on %s %s at %s",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        _where(exc),
+    )
     return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+class UnhandledErrors:
+    """Answers 500 for an exception no handler took, and keeps it from the server's log.
+
+    Starlette re-raises such an exception after its 500 so that the server logs its traceback,
+    and that text can quote request data. This boundary, outside every other middleware we add,
+    logs what ``_unexpected_error`` logs and lets nothing through.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            response = await _unexpected_error(Request(scope), exc)
+            if not started:
+                await response(scope, receive, send)
 
 
 ERROR_SCHEMA: dict[str, Any] = {

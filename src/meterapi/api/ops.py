@@ -12,6 +12,7 @@ from sqlalchemy import text
 from meterapi.api.deps import RuntimeDep
 from meterapi.api.errors import error_response
 from meterapi.metering.reporter import pending_stats
+from meterapi.metrics import CONTENT_TYPE
 from meterapi.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,4 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
         m.parked_reports.value = parked
     except Exception as exc:  # still serve the in-process figures
         log.warning("usage figures for /metrics unavailable: %s", type(exc).__name__)
-    return PlainTextResponse(
-        m.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    return PlainTextResponse(m.registry.render(), media_type=CONTENT_TYPE)

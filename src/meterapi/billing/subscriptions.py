@@ -40,10 +40,13 @@ ENDED = {SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED}
 
 
 def stripe_time(value: Any) -> datetime | None:
-    """A Stripe unix timestamp as an aware UTC datetime."""
+    """A Stripe unix timestamp as an aware UTC datetime; ``ValueError`` if it is not one."""
     if value is None:
         return None
-    return datetime.fromtimestamp(int(value), UTC)
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (OverflowError, OSError) as exc:  # past what a datetime holds
+        raise ValueError("timestamp out of range") from exc
 
 
 def object_id(value: Any) -> str | None:

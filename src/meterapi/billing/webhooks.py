@@ -230,8 +230,10 @@ async def _take(
 
 
 def is_permanent(exc: Exception) -> bool:
-    """Stripe's answer says the event cannot be handled however often it is tried again."""
-    return isinstance(exc, NotFound | StripeRejected)
+    """The event cannot be handled however often it is tried again: Stripe answered that what
+    it names does not exist or refused the request, or a value in it cannot be read (a
+    timestamp past what a datetime holds, say)."""
+    return isinstance(exc, NotFound | StripeRejected | ValueError)
 
 
 async def _finish(
