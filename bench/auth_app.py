@@ -1,10 +1,11 @@
 """meterapi with one more route: ``GET /bench/authenticated``, the paid API's key check and
 answer without the metering, for the key validator's own figure (authenticated ÷ bare).
 
-The route is a paid route like ``/v1/data`` (``PaidCaller``: the key from the header, the cache,
-the subscription check) that charges nothing, so nothing is written to the ledger, and it answers
-the same body, matched right after ``/v1/data``. The difference from ``/v1/data`` in the same run
-is what durable metering costs; the difference from ``/healthz`` is what the key check costs.
+The route is a paid route like ``/v1/data`` (a ``DirectPaidRoute`` taking ``PaidCaller``: the key
+from the header, the cache, the subscription check) that charges nothing, so nothing is written to
+the ledger, and it answers the same body, matched right after ``/v1/data``. The difference from
+``/v1/data`` in the same run is what durable metering costs; the difference from ``/healthz`` is
+what the key check costs.
 
     uvicorn bench.auth_app:create_app --factory   # with the service's usual environment
 """
@@ -16,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Response
 from meterapi import PaidCaller
 from meterapi.api import data
 from meterapi.api.data import DataOut
+from meterapi.api.direct import DirectPaidRoute
 from meterapi.app import create_app as create_service
 
 PATH = "/bench/authenticated"
@@ -28,7 +30,7 @@ async def authenticated(caller: PaidCaller) -> Response:
 
 def create_app() -> FastAPI:
     app = create_service()
-    router = APIRouter()
+    router = APIRouter(route_class=DirectPaidRoute)
     router.add_api_route(PATH, authenticated, include_in_schema=False)
     app.include_router(router)
     # Matched right after /v1/data's router, as /v1/data is: FastAPI tries included routers in

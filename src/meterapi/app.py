@@ -12,6 +12,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
 from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api.direct import check_direct_routes
 from meterapi.api.errors import install_error_handlers
 from meterapi.api.limits import BodySizeLimit
 from meterapi.api.paid import UsageRecording
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     gateway = Gateway.from_settings(settings)  # checks the gateway file before anything runs
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        check_direct_routes(app_)
         await runtime.start()
         if gateway is not None:
             await gateway.start()
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         app.include_router(router)
     if gateway is not None:
         gateway.mount(app)  # after the built-in routes, which it may not shadow
+    check_direct_routes(app)  # and again at start, for routes added to the app since
     # Innermost: it sees the response the route produced, and the layers above see its 503.
     app.add_middleware(
         UsageRecording, recorder=runtime.recorder, recorded=runtime.metrics.units_recorded

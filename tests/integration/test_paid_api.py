@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
@@ -15,6 +16,7 @@ from sqlmodel import select
 
 from meterapi import Caller, PaidCaller, Usage, create_app
 from meterapi.api import data
+from meterapi.api.direct import DirectPaidRoute
 from meterapi.api.plugins import RouterError
 from meterapi.config import Settings
 from meterapi.errors import NotFound, RateLimited
@@ -161,25 +163,73 @@ async def test_no_ledger_no_answer(words_app: FastAPI) -> None:
         assert await ledger_units(words_app) == 0
 
 
-async def test_a_router_level_dependency_runs_on_the_example_route(settings: Settings) -> None:
-    """The inferred fast path is gone: /v1/data goes through FastAPI like any route."""
-    calls: list[str] = []
+async def test_the_direct_example_route_refuses_dependencies_it_would_skip(
+    settings: Settings,
+) -> None:
+    """/v1/data is a DirectPaidRoute: a dependency it cannot run stops the start, by name,
+    instead of being skipped in silence."""
 
     async def limiter(request: Request) -> None:
-        calls.append(request.url.path)
-        if request.headers.get("x-limit") == "hit":
-            raise RateLimited()
+        raise RateLimited()
 
     guarded = APIRouter(dependencies=[Depends(limiter)])
     guarded.include_router(data.router)
-    app = create_app(settings.model_copy(update={"example_routes": False}), routers=[guarded])
+    with pytest.raises(RouterError, match="DirectPaidRoute /v1/data: it would skip"):
+        create_app(settings.model_copy(update={"example_routes": False}), routers=[guarded])
+
+    app = create_app(settings)
+    app.router.dependencies.append(Depends(limiter))  # after create_app: checked at start
+    with pytest.raises(RouterError, match="the app's dependencies"):
+        async with app.router.lifespan_context(app):
+            pass
+
+    # The same endpoint on a plain route runs the router's dependency, and is refused by it.
+    plain = APIRouter(dependencies=[Depends(limiter)])
+    plain.add_api_route("/v1/guarded", data.get_data)
+    app = create_app(settings, routers=[plain])
     async with serving(app) as client:
         key = await keyed(app)
+        assert (await client.get("/v1/guarded", headers=headers(key))).status_code == 429
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
-        hit = await client.get("/v1/data", headers={**headers(key), "X-Limit": "hit"})
-        assert hit.status_code == 429
-        assert calls == ["/v1/data", "/v1/data"]
         assert await ledger_units(app) == 1
+
+
+async def _direct_ok(caller: PaidCaller, usage: Usage, request: Request) -> Response:
+    return Response()
+
+
+async def _direct_query(n: int, caller: PaidCaller) -> Response:
+    return Response()
+
+
+async def _direct_no_caller(usage: Usage) -> Response:
+    return Response()
+
+
+async def _direct_model(caller: PaidCaller) -> dict[str, str]:
+    return {}
+
+
+async def _noop() -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "extra", "message"),
+    [
+        (_direct_query, {}, "may take only PaidCaller, Usage and Request"),
+        (_direct_no_caller, {}, "must take a PaidCaller"),
+        (_direct_model, {}, "annotated to return a Response"),
+        (_direct_ok, {"dependencies": [Depends(_noop)]}, "dependencies of its route or router"),
+    ],
+)
+def test_a_direct_route_refuses_what_it_would_skip(
+    endpoint: Callable[..., Any], extra: dict[str, Any], message: str
+) -> None:
+    router = APIRouter(route_class=DirectPaidRoute)
+    router.add_api_route("/ok", _direct_ok)  # the shape it takes
+    with pytest.raises(RouterError, match=message):
+        router.add_api_route("/x", endpoint, **extra)
 
 
 async def test_the_ledger_names_the_route_template_with_every_prefix(settings: Settings) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
+from meterapi.api.direct import DirectPaidRoute
 from meterapi.api.paid import PaidCaller, Usage
 
-router = APIRouter(prefix="/v1", tags=["data"])
+# DirectPaidRoute: called without FastAPI's dependency machinery, which the endpoint does not
+# need (api/direct.py); a plain APIRouter serves the same endpoint the ordinary way.
+router = APIRouter(prefix="/v1", tags=["data"], route_class=DirectPaidRoute)
 
 
 class DataOut(BaseModel):

@@ -136,12 +136,13 @@ class _PaidAccess(ApiKeyAuth):
 
 
 # Async on purpose: FastAPI runs plain-function dependencies on a thread pool.
-async def _usage(request: Request) -> UsageMeter:
+async def usage_dependency(request: Request) -> UsageMeter:
     return usage_of(request)
 
 
-PaidCaller = Annotated[Caller, Security(_PaidAccess(require_access=True, allow_rotated=True))]
-Usage = Annotated[UsageMeter, Depends(_usage)]
+PAID_ACCESS = _PaidAccess(require_access=True, allow_rotated=True)
+PaidCaller = Annotated[Caller, Security(PAID_ACCESS)]
+Usage = Annotated[UsageMeter, Depends(usage_dependency)]
 
 
 # -- recording -------------------------------------------------------------------------------

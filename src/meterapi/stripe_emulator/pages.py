@@ -81,7 +81,8 @@ def _every(recurring: JSON) -> str:
     names = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
     count = int(recurring.get("interval_count") or 1)
     if count == 1:
-        return names.get(recurring["interval"], recurring["interval"])
+        interval = str(recurring["interval"])
+        return names.get(interval, interval)
     return f"every {count} {recurring['interval']}s"
 
 
