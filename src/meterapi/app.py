@@ -28,7 +28,7 @@ from meterapi.runtime import Runtime
 # collected (Python's default is 700). A paid request holds its objects while it waits for the
 # ledger's commit, and with 700 the requests in flight alone set off 10-13 young collections a
 # second at 1,700 req/s, with an older one every second and a full one now and then; at 10,000,
-# none in 15 s (README, Performance). A young collection's cost follows the objects alive, not
+# none in 15 s (docs/performance.md). A young collection's cost follows the objects alive, not
 # this number; the few reference cycles the service makes are still collected, only later.
 YOUNG_GC_THRESHOLD = 10_000
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         # Everything alive now (modules, the app, pools, caches) lives as long as the process:
         # keep it out of the collector's full passes. Without this, under load each full
         # collection walked ~130,000 objects for tens of milliseconds, about once a second on
-        # the metered path, and showed up as p99 latency and lost throughput (README, Performance).
+        # the metered path, and showed up as p99 latency and lost throughput (docs/performance.md).
         gc.collect()
         gc.freeze()
         thresholds = gc.get_threshold()
