@@ -1,0 +1,71 @@
+"""``meterapi …``: the command line. Each command wraps a service; none holds logic of its own.
+
+``serve`` runs the service (``cli.serve``); ``accounts`` holds the everyday commands (schema,
+Stripe setup, keys, flushing usage); ``operations`` the operator's (reconcile, limits, webhooks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from meterapi.cli import accounts, operations, serve
+from meterapi.config import ConfigError, Settings
+from meterapi.stripe_emulator import command as emulator_command
+
+Command = Callable[[argparse.Namespace, Any], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterapi", description="Sell your HTTP API by usage, billed through Stripe."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve.register(commands)
+    emulator = commands.add_parser(
+        "stripe-emulator",
+        help="run the local Stripe emulator",
+        description=emulator_command.DESCRIPTION,
+    )
+    emulator_command.add_arguments(emulator)
+    emulator.set_defaults(handler=_stripe_emulator, needs_settings=False)
+    usage = accounts.register(commands)
+    operations.register(commands, usage)
+    return parser
+
+
+def _stripe_emulator(args: argparse.Namespace, _settings: Settings | None) -> int:
+    return emulator_command.run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format=serve.LOG_FORMAT)
+    for name in serve.QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        handler: Command = args.handler
+        return handler(args, None)
+    try:
+        settings = Settings()
+    except (ConfigError, ValidationError) as exc:
+        print(f"meterapi: configuration error: {_config_message(exc)}", file=sys.stderr)
+        return 2
+    handler = args.handler
+    return int(handler(args, settings))
+
+
+def _config_message(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        # Name the fields only: pydantic's text would echo the (secret) input values.
+        return "; ".join(
+            (f"METERAPI_{'.'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+    return str(exc)
