@@ -94,6 +94,7 @@ def _start_server(host: str, state_file: str) -> EmulatorServer:
             host=host,
             port=port,
             webhook_url=None,  # set once the service listens: see _deliver_when_ready
+            hold_webhooks=True,  # events of the meantime (a quick first checkout) wait for it
             webhook_secret=EMULATOR_WEBHOOK_SECRET,
             state_file=state_file,
         )

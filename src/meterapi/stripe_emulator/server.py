@@ -32,7 +32,10 @@ class EmulatorServer:
         state_file: str | None = None,
         public_url: str | None = None,
         webhook_retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        hold_webhooks: bool = False,
     ) -> None:
+        """``hold_webhooks``: with no ``webhook_url`` yet, keep events until one is set (and
+        send them then) rather than dropping them."""
         self.host = host
         self.port = port
         self.app = create_emulator_app(
@@ -42,6 +45,7 @@ class EmulatorServer:
             public_url=public_url,
             webhook_retry_delays=webhook_retry_delays,
         )
+        self.emulator.target.held = hold_webhooks and webhook_url is None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -64,6 +68,8 @@ class EmulatorServer:
         self.emulator.target.url = url
         if secret is not None:
             self.emulator.target.secret = secret
+        if url is not None and self.emulator.target.held:
+            self.emulator.sender.release()
 
     def start(self) -> EmulatorServer:
         if self._thread is not None:

@@ -35,13 +35,16 @@ class WebhookTarget:
 
     url: str | None
     secret: str = DEFAULT_WEBHOOK_SECRET
+    # Events wait (status "held") instead of going nowhere until a URL is set: for a service
+    # that starts the emulator before it listens itself.
+    held: bool = False
 
 
 @dataclass
 class Delivery:
     event_id: str
     type: str
-    status: str = "pending"  # pending | delivered | failed | no_endpoint
+    status: str = "pending"  # pending | delivered | failed | no_endpoint | held
     attempts: list[JSON] = field(default_factory=list)
 
     def public(self) -> JSON:
@@ -63,9 +66,16 @@ class WebhookSender:
         self.deliveries: dict[str, Delivery] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
+        self._held: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def schedule(self, event: JSON) -> None:
         delivery = self.deliveries.setdefault(event["id"], Delivery(event["id"], event["type"]))
+        self._loop = asyncio.get_running_loop()
+        if self.target.held and self.target.url is None:
+            delivery.status = "held"
+            self._held.append(event["id"])
+            return
         if self.target.url is None:
             delivery.status = "no_endpoint"
             return
@@ -73,6 +83,19 @@ class WebhookSender:
         task = asyncio.get_running_loop().create_task(self._deliver(event["id"], delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def release(self) -> None:
+        """Send the held events, in order, now that a URL is set (from any thread)."""
+        self.target.held = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._send_held)
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
+        for event_id in held:
+            event = self.store.get("events", event_id)
+            if event is not None:
+                self.schedule(event)
 
     async def _deliver(self, event_id: str, delivery: Delivery) -> None:
         for attempt, delay in enumerate((0.0, *self.retry_delays)):
