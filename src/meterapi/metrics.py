@@ -159,6 +159,7 @@ class Metrics:
         self.outbound_deliveries = r.counter(
             "meterapi_outbound_webhook_deliveries_total",
             "Outbound webhook attempts by outcome (delivered, retry, failed, gone).",
+            labels=("outcome",),
         )
         self.parked_reports = r.gauge(
             "meterapi_usage_parked_reports", "Meter events waiting for an operator."
