@@ -8,7 +8,7 @@ receiver process (delivered).
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -32,12 +32,12 @@ from tests.integration.outbound_support import OUTBOUND_SECRET, ReceiverProcess
 PATH = "/admin/v1/webhooks/outbound"
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on: every delivery there is refused."""
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port bound but never listening: every delivery there is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    return port  # closed again here, and nothing listens on it
+        yield int(sock.getsockname()[1])
 
 
 def _settings(db_url: str, emulator: EmulatorServer, price: str, webhook_url: str) -> Settings:
@@ -63,8 +63,10 @@ async def _serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def settings_closed(db_url: str, stripe_emulator: EmulatorServer, stripe_price: str) -> Settings:
-    url = f"http://127.0.0.1:{_closed_port()}/hooks"
+def settings_closed(
+    db_url: str, stripe_emulator: EmulatorServer, stripe_price: str, refusing_port: int
+) -> Settings:
+    url = f"http://127.0.0.1:{refusing_port}/hooks"
     return _settings(db_url, stripe_emulator, stripe_price, url)
 
 
