@@ -11,7 +11,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from meterapi import __version__
-from meterapi.api import admin, admin_ops, billing, claim, data, keys, ops, usage, webhooks
+from meterapi.api import (
+    admin,
+    admin_ops,
+    admin_outbound,
+    billing,
+    claim,
+    data,
+    keys,
+    ops,
+    usage,
+    webhooks,
+)
 from meterapi.api.direct import check_direct_routes
 from meterapi.api.errors import UnhandledErrors, install_error_handlers
 from meterapi.api.limits import BodySizeLimit
@@ -87,7 +98,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     free.append(dashboard_router)
     if settings.admin_token is not None:
         # Without a token nothing under /admin exists: every path there is a plain 404.
-        free.extend([admin.router, admin_ops.router, admin_router])
+        free.extend([admin.router, admin_ops.router, admin_outbound.router, admin_router])
     given = [(f"create_app(routers=[...])[{i}]", router) for i, router in enumerate(routers)]
     plugins = [*given, *plugins]
     built_in = [

@@ -225,15 +225,26 @@ def live_service(
 
 
 ADMIN_TOKEN = "e2e-operator-token-0123456789abcdefghij"
+OUTBOUND_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, base64
 
 
 @pytest.fixture
 def admin_service(
     db_url: str, stripe_emulator: EmulatorServer, stripe_price: str
 ) -> Iterator[LiveService]:
-    """As ``live_service``, with the operator API and page on (``ADMIN_TOKEN``)."""
+    """As ``live_service``, with the operator API and page on (``ADMIN_TOKEN``), and outbound
+    webhooks sent to a port that is bound but never listens: every delivery is refused."""
     sock = _free_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = _live_settings(db_url, stripe_emulator, stripe_price, url, admin_token=ADMIN_TOKEN)
-    with serving(settings, stripe_emulator, sock) as service:
-        yield service
+    with _free_socket() as refusing:
+        settings = _live_settings(
+            db_url,
+            stripe_emulator,
+            stripe_price,
+            url,
+            admin_token=ADMIN_TOKEN,
+            webhook_url=f"http://127.0.0.1:{refusing.getsockname()[1]}/hooks",
+            webhook_secret=OUTBOUND_SECRET,
+        )
+        with serving(settings, stripe_emulator, sock) as service:
+            yield service

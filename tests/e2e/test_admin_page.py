@@ -230,6 +230,39 @@ def test_the_operator_page(
     )
     shots.take(page, "reconciliation")
 
+    # Outbound webhooks: the receiver refuses every connection, so the customers' and keys'
+    # events wait (each customer's first one tried and refused, the rest queued behind it, in
+    # order); Retry sends one again now under the same webhook-id.
+    def undelivered() -> list[dict[str, Any]]:
+        with httpx.Client(base_url=admin_service.url, timeout=10) as http:
+            rows: list[dict[str, Any]] = http.get(
+                "/admin/v1/webhooks/outbound?limit=100", headers=ADMIN
+            ).json()["data"]
+        tried = {r["customer_id"] for r in rows if r["attempts"] >= 1 and r["last_error"]}
+        return rows if rows and tried == {r["customer_id"] for r in rows} else []
+
+    waiting = _until(undelivered, "refused deliveries of the outbound events")
+    assert {ids["a"], ids["b"], ids["c"]} <= {r["customer_id"] for r in waiting}
+    page.locator("#reload-outbound").click()
+    outbound = page.locator("#outbound-body tr")
+    expect(outbound).to_have_count(len(waiting))
+    tried = next(r for r in waiting if r["attempts"] >= 1)
+    shown = outbound.filter(has_text=tried["id"])
+    expect(shown).to_contain_text(tried["type"])
+    expect(shown).to_contain_text(tried["customer_id"])
+    expect(shown).to_contain_text("pending")
+    expect(shown.locator("td.error-text")).not_to_have_text("-")
+    key_event = outbound.filter(has_text="key.created").filter(has_text=ids["a"]).first
+    expect(key_event).to_be_visible()
+    shots.take(page, "outbound-webhooks")
+    retried = key_event.locator("td").first.inner_text()
+    key_event.get_by_role("button", name="Retry").click()
+    expect(page.locator("#notice")).to_contain_text(f"Event {retried} is pending again")
+    with httpx.Client(base_url=admin_service.url, timeout=10) as http:
+        after = http.get("/admin/v1/webhooks/outbound?limit=100", headers=ADMIN).json()["data"]
+    assert sorted(r["id"] for r in after) == sorted(r["id"] for r in waiting)  # no new event
+    assert [r["status"] for r in after if r["id"] == retried] == ["pending"]
+
     # The token survives a reload of the tab, and signing out forgets it.
     page.reload()
     expect(page.locator("#customers-body tr")).to_have_count(3)

@@ -94,6 +94,8 @@ async def test_without_a_token_everything_under_admin_is_404(
                 ("POST", "/admin/v1/reports/1/retry"),
                 ("PUT", "/admin/v1/customers/cus_x/limits"),
                 ("GET", "/admin/v1/reconciliation"),
+                ("GET", "/admin/v1/webhooks/outbound"),
+                ("POST", "/admin/v1/webhooks/outbound/msg_0/retry"),
             ]:
                 response = await client.request(method, path, headers=ADMIN)
                 assert response.status_code == 404, (method, path)
@@ -118,7 +120,7 @@ async def test_the_openapi_document_has_an_admin_tag_and_bearer_scheme(
         if path.startswith("/admin/")
         for op in item.values()
     ]
-    assert len(operations) == 9
+    assert len(operations) == 11
     assert all(
         op["tags"] == ["admin"] and op["security"] == [{"AdminToken": []}] for op in operations
     )

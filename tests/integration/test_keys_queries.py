@@ -101,12 +101,13 @@ async def test_bad_checksums_cost_no_statement_at_all(
         for key in typos:
             assert (await client.get("/v1/data", headers=headers(key))).status_code == 401
     assert log.touching_keys() == []
-    # Only background work may run meanwhile: the cache poller's revision read and the usage
-    # reporter's cycle (metering), neither of which touches keys or customers.
+    # Only background work may run meanwhile: the cache poller's revision read, the usage
+    # reporter's cycle (metering) and the outbound deliverer's poll, none of which touches keys.
     assert all(
         "cache_revision" in statement
         or statement == "BEGIN IMMEDIATE"
         or "FROM usage_event" in statement
         or "FROM usage_report" in statement
+        or "outbound_event" in statement
         for statement in log.statements
     )

@@ -199,7 +199,7 @@ async function saveLimits(event) {
   }
 }
 
-// -- reports, Stripe events, reconciliation ---------------------------------------------------
+// -- reports, Stripe events, outbound webhooks, reconciliation --------------------------------
 
 async function loadReports() {
   const page = await api("GET", "/admin/v1/reports?status=parked&limit=100");
@@ -243,6 +243,30 @@ async function loadEvents() {
   if (!page.data.length) emptyRow(body, 5, "No failed events.");
 }
 
+async function loadOutbound() {
+  const page = await api("GET", "/admin/v1/webhooks/outbound?status=undelivered&limit=100");
+  const body = $("outbound-body");
+  body.replaceChildren();
+  for (const e of page.data) {
+    const row = document.createElement("tr");
+    cell(row, e.id, "mono");
+    cell(row, e.type);
+    cell(row, e.customer_id, "mono");
+    cell(row, e.status, `outbound-${e.status}`);
+    cell(row, e.attempts);
+    cell(row, when(e.next_attempt_at));
+    cell(row, e.last_error, "error-text");
+    cell(row, "", "actions").append(button("Retry", async () => {
+      await api("POST", `/admin/v1/webhooks/outbound/${encodeURIComponent(e.id)}/retry`);
+      notify(`Event ${e.id} is pending again under the same webhook-id.`, "success");
+      await loadOutbound();
+    }));
+    body.append(row);
+  }
+  if (!page.data.length) emptyRow(body, 8, "No undelivered events.");
+  $("outbound-more").hidden = !page.has_more;
+}
+
 async function runReconcile() {
   $("reconcile-summary").textContent = "Reading Stripe's meter event summaries…";
   const result = await api("GET", "/admin/v1/reconciliation");
@@ -282,7 +306,7 @@ async function signedIn() {
   $("sign-out").hidden = false;
   try {
     await loadCustomers();
-    await Promise.all([loadReports(), loadEvents()]);
+    await Promise.all([loadReports(), loadEvents(), loadOutbound()]);
   } catch (error) {
     failed(error);
   }
@@ -314,6 +338,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("limits-form").addEventListener("submit", saveLimits);
   $("reload-reports").addEventListener("click", guarded(loadReports));
   $("reload-events").addEventListener("click", guarded(loadEvents));
+  $("reload-outbound").addEventListener("click", guarded(loadOutbound));
   $("run-reconcile").addEventListener("click", guarded(runReconcile));
   if (tokenStore.get()) signedIn(); else signOut();
 });

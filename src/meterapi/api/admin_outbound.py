@@ -1,0 +1,103 @@
+"""The operator API's outbound webhooks (CONTRACT §8): the outbox, and retry of what it holds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel
+
+from meterapi.api.admin import ADMIN_ERRORS, Limit, StripeId
+from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
+from meterapi.outbound import outbox
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
+
+_EVENT_ID = r"^[A-Za-z0-9_]+$"
+OutboundIdPath = Annotated[
+    str, Path(min_length=1, max_length=255, pattern=_EVENT_ID, description="msg_…")
+]
+
+
+class OutboundEventOut(BaseModel):
+    id: str  # the webhook-id, the same on every attempt
+    type: str
+    customer_id: str
+    status: Literal["pending", "delivered", "failed", "gone"]
+    attempts: int
+    next_attempt_at: datetime | None  # only while pending
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, entry: outbox.OutboxEntry) -> OutboundEventOut:
+        return cls(
+            id=entry.id,
+            type=entry.type,
+            customer_id=entry.customer_id,
+            status=entry.status,  # an OutboundStatus value
+            attempts=entry.attempts,
+            next_attempt_at=entry.next_attempt_at,
+            last_error=entry.last_error,
+            created_at=entry.created_at,
+            delivered_at=entry.delivered_at,
+        )
+
+
+class OutboundEventList(BaseModel):
+    data: list[OutboundEventOut]
+    has_more: bool
+
+
+@router.get(
+    "/webhooks/outbound",
+    response_model=OutboundEventList,
+    summary="Outbound webhook events, newest first (by default those not delivered)",
+    description="`undelivered` is pending, failed or gone.",
+    responses={**ADMIN_ERRORS, 404: {"description": "starting_after names no event"}},
+)
+async def list_outbound(
+    session: SessionDep,
+    status: Annotated[
+        Literal["undelivered", "pending", "delivered", "failed", "gone"], Query()
+    ] = "undelivered",
+    customer_id: Annotated[
+        StripeId | None, Query(description="Only this customer's events (cus_…).")
+    ] = None,
+    limit: Limit = 20,
+    starting_after: Annotated[
+        str | None,
+        Query(
+            max_length=255, pattern=_EVENT_ID, description="The id the previous page ended with."
+        ),
+    ] = None,
+) -> OutboundEventList:
+    rows, has_more = await outbox.list_events(
+        session,
+        status=status,
+        stripe_customer_id=customer_id,
+        limit=limit,
+        starting_after=starting_after,
+    )
+    return OutboundEventList(data=[OutboundEventOut.of(e) for e in rows], has_more=has_more)
+
+
+@router.post(
+    "/webhooks/outbound/{event_id}/retry",
+    response_model=OutboundEventOut,
+    summary="Send an undelivered event again now, under the same webhook-id",
+    responses={
+        **ADMIN_ERRORS,
+        404: {"description": "No such event"},
+        409: {"description": "Delivered already (already_delivered)"},
+    },
+)
+async def retry_outbound(
+    event_id: OutboundIdPath, session: SessionDep, runtime: RuntimeDep
+) -> OutboundEventOut:
+    entry = await outbox.retry(session, event_id=event_id)
+    await session.commit()
+    runtime.outbound.wake()
+    return OutboundEventOut.of(entry)
