@@ -87,7 +87,10 @@ async def test_a_connection_the_server_closed_is_not_reused(
     assert server.connections == 5
 
 
-async def test_surplus_idle_connections_are_closed(server: Server) -> None:
+async def test_surplus_idle_connections_are_closed(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "SWEEP_INTERVAL_S", 0.0)  # a sweep on every pass
     server.release.clear()
     server.expected = 6
     async with _client(max_keepalive=2) as client:
@@ -95,5 +98,5 @@ async def test_surplus_idle_connections_are_closed(server: Server) -> None:
         await asyncio.wait_for(server.all_connected.wait(), timeout=30)
         server.release.set()
         assert [r.status_code for r in await asyncio.gather(*requests)] == [200] * 6
-        await client.get(server.url)  # a pass over the pool after all six went idle
+        await client.get(server.url)  # a sweep after all six went idle
         assert len(_pool(client).connections) <= 2

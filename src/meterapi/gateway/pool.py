@@ -10,9 +10,10 @@ request (measured with ``bench.gateway``; see docs/gateway.md).
 ``Pool`` keeps httpcore's behaviour and makes the pass linear and cheap:
 
 - a connection is checked for expiry (keep-alive timeout, or the upstream closed it) right before
-  it is handed to a request, so a dead connection is never used; the others are swept at most
-  once a second instead of on every request;
-- at most ``max_keepalive_connections`` idle connections are kept, counted in one pass.
+  it is handed to a request, so a dead connection is never used;
+- the whole pool (closed and expired connections, idle ones past ``max_keepalive_connections``)
+  is swept in one linear pass at most once a second instead of on every request, so a request
+  costs a walk to the first available connection.
 
 Everything else (connecting, HTTP/1.1, TLS, timeouts, streaming) is httpcore's, under httpx's
 transport, which maps its errors to httpx's.
@@ -33,36 +34,21 @@ class Pool(httpcore.AsyncConnectionPool):
     _next_sweep = 0.0
 
     def _assign_requests_to_connections(self) -> list[AsyncConnectionInterface]:
-        """Drop closed connections and surplus idle ones, then give each queued request a
-        connection (an available one, else a new one, else one made by closing an idle one).
-        Called by httpcore with its lock held, whenever a request is added or removed."""
+        """Give each queued request a connection: an available one, else a new one, else one
+        made by closing an idle one. Called by httpcore with its lock held, whenever a request
+        is added or removed; the whole pool is swept at most once a second."""
         closing: list[AsyncConnectionInterface] = []
         now = time.monotonic()
-        sweep = now >= self._next_sweep
-        if sweep:
-            self._next_sweep = now + SWEEP_INTERVAL_S
-        kept: list[AsyncConnectionInterface] = []
-        idle = 0
-        for connection in self._connections:
-            if connection.is_closed():
-                continue
-            if sweep and connection.has_expired():
-                closing.append(connection)
-                continue
-            if connection.is_idle():
-                if idle >= self._max_keepalive_connections:
-                    closing.append(connection)
-                    continue
-                idle += 1
-            kept.append(connection)
-        self._connections = kept
-
+        if now >= self._next_sweep:
+            self._sweep(now, closing)
         for request in self._requests:
             if not request.is_queued():
                 continue
             origin = request.request.url.origin
             chosen = self._available(origin, closing)
             if chosen is None:
+                if len(self._connections) >= self._max_connections:
+                    self._sweep(now, closing)  # closed connections still count until swept
                 if len(self._connections) >= self._max_connections:
                     spare = next((c for c in self._connections if c.is_idle()), None)
                     if spare is None:
@@ -73,6 +59,26 @@ class Pool(httpcore.AsyncConnectionPool):
                 self._connections.append(chosen)
             request.assign_to_connection(chosen)
         return closing
+
+    def _sweep(self, now: float, closing: list[AsyncConnectionInterface]) -> None:
+        """Drop closed connections, close expired ones and idle ones past the keep-alive
+        limit."""
+        self._next_sweep = now + SWEEP_INTERVAL_S
+        kept: list[AsyncConnectionInterface] = []
+        idle = 0
+        for connection in self._connections:
+            if connection.is_closed():
+                continue
+            if connection.has_expired():
+                closing.append(connection)
+                continue
+            if connection.is_idle():
+                if idle >= self._max_keepalive_connections:
+                    closing.append(connection)
+                    continue
+                idle += 1
+            kept.append(connection)
+        self._connections = kept
 
     def _available(
         self, origin: httpcore.Origin, closing: list[AsyncConnectionInterface]
