@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from meterapi.errors import UpstreamTimeout, UpstreamUnavailable
+from meterapi.gateway.pool import pooled_transport
 from meterapi.gateway.spec import MAX_UNITS, GatewaySpec
 
 log = logging.getLogger(__name__)
@@ -155,11 +156,12 @@ class Upstream:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
         self._client = httpx.AsyncClient(
-            transport=self._transport,
+            transport=self._transport or pooled_transport(limits),
             # connect: reaching the upstream; read: its response headers, then each body chunk.
             timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            limits=limits,
             follow_redirects=False,  # a redirect is the upstream's answer to the client
             trust_env=False,  # an HTTP_PROXY in the environment must not reroute paid calls
             cookies=_NoCookies(),
