@@ -101,9 +101,16 @@ class Payer:
     key: str
 
 
-async def paying_customer(db_url: str, sdk: stripe.StripeClient) -> Payer:
-    """A Stripe customer with an active subscription in our database, and one key."""
-    stripe_customer = await sdk.v1.customers.create_async(params={"email": "gw@example.com"})
+async def paying_customer(
+    db_url: str,
+    sdk: stripe.StripeClient,
+    *,
+    email: str = "gw@example.com",
+    pepper: str | None = None,
+) -> Payer:
+    """A Stripe customer with an active subscription in our database, and one key (hashed
+    under ``pepper``, or the test settings' pepper)."""
+    stripe_customer = await sdk.v1.customers.create_async(params={"email": email})
     engine = make_engine(db_url)
     try:
         async with session_scope(make_sessionmaker(engine)) as session:
@@ -114,7 +121,7 @@ async def paying_customer(db_url: str, sdk: stripe.StripeClient) -> Payer:
             key, plaintext = await key_service.issue(
                 session,
                 customer_id=customer.id,
-                pepper=make_settings(db_url).pepper_bytes(),
+                pepper=make_settings(db_url, key_pepper=pepper).pepper_bytes(),
                 live=False,
             )
     finally:

@@ -11,11 +11,9 @@ import httpx
 import pytest
 import stripe
 
-from meterapi.db import make_engine, make_sessionmaker, session_scope
-from meterapi.keys import service as key_service
-from meterapi.models import Customer
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
-from tests.conftest import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET, make_settings
+from tests.conftest import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
+from tests.integration.gateway_support import paying_customer
 from tests.integration.servers import ServeCommand
 from tests.integration.test_process_faults import flush_all, ledger_total, stripe_total
 
@@ -40,23 +38,9 @@ def serve_env(db_url: str, emulator: EmulatorServer, price: str) -> dict[str, st
 
 
 async def seed(db_url: str, sdk: stripe.StripeClient) -> tuple[str, str]:
-    stripe_customer = await sdk.v1.customers.create_async(params={"email": "words@example.com"})
-    engine = make_engine(db_url)
-    try:
-        async with session_scope(make_sessionmaker(engine)) as session:
-            customer = Customer(stripe_customer_id=stripe_customer.id, subscription_status="active")
-            session.add(customer)
-            await session.flush()
-            assert customer.id is not None
-            _key, plaintext = await key_service.issue(
-                session,
-                customer_id=customer.id,
-                pepper=make_settings(db_url, key_pepper=PEPPER).pepper_bytes(),
-                live=False,
-            )
-    finally:
-        await engine.dispose()
-    return stripe_customer.id, plaintext
+    """A Stripe customer with an active subscription in our database, and a key."""
+    payer = await paying_customer(db_url, sdk, email="words@example.com", pepper=PEPPER)
+    return payer.customer, payer.key
 
 
 class WordLoad:

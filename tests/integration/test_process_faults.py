@@ -10,32 +10,19 @@ import stripe
 from sqlmodel import func, select
 
 from meterapi.billing.gateway import StripeGateway
-from meterapi.db import make_engine, make_sessionmaker, session_scope
-from meterapi.keys import service as key_service
+from meterapi.db import make_engine, make_sessionmaker
 from meterapi.metering.reporter import Reporter
-from meterapi.models import Customer, UsageEvent
+from meterapi.models import UsageEvent
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
-from tests.conftest import make_settings, stripe_settings
+from tests.conftest import stripe_settings
+from tests.integration.gateway_support import paying_customer
 from tests.integration.servers import ServiceProcess
 
 
 async def seed(db_url: str, sdk: stripe.StripeClient) -> tuple[str, str]:
     """A Stripe customer with an active subscription in our database, and a key."""
-    stripe_customer = await sdk.v1.customers.create_async(params={"email": "load@example.com"})
-    settings = make_settings(db_url)
-    engine = make_engine(db_url)
-    try:
-        async with session_scope(make_sessionmaker(engine)) as session:
-            customer = Customer(stripe_customer_id=stripe_customer.id, subscription_status="active")
-            session.add(customer)
-            await session.flush()
-            assert customer.id is not None
-            _key, plaintext = await key_service.issue(
-                session, customer_id=customer.id, pepper=settings.pepper_bytes(), live=False
-            )
-    finally:
-        await engine.dispose()
-    return stripe_customer.id, plaintext
+    payer = await paying_customer(db_url, sdk, email="load@example.com")
+    return payer.customer, payer.key
 
 
 class Load:
