@@ -1,8 +1,9 @@
 """The cost of verifying an API key on a cache hit (issue 4), in µs per call, in process.
 
-``keys.service.authenticate`` in a loop with a warm ``KeyCache``: no SQL is issued in the loop, so
-this is the keyed hash, the format check and the cache lookups. ``python -m bench`` prints it
-beside the HTTP figures; on its own (SQLite in a temporary directory by default):
+``KeyGuard.authenticate`` in a loop with a warm cache: no SQL is issued in the loop, so this is
+the keyed hash, the cache lookups, the access policy and the ``last_used_at`` note.
+``python -m bench`` prints it beside the HTTP figures; on its own (SQLite in a temporary
+directory by default):
 
     .venv/bin/python -m bench.keys_bench [--database-url URL] [--rounds 200000]
 """
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import tempfile
 import time
 from pathlib import Path
 
 from bench.stack import PEPPER
 from meterapi import migrations
+from meterapi.config import Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service
-from meterapi.keys.cache import KeyCache
+from meterapi.keys.guard import KeyGuard
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer
 
 
@@ -43,16 +47,24 @@ async def seed(database_url: str) -> str:
 async def verification_cost(database_url: str, key: str, rounds: int = 200_000) -> float:
     """µs per ``authenticate`` call on a warm cache (no SQL is issued in the loop)."""
     engine = make_engine(database_url)
-    sessionmaker = make_sessionmaker(engine)
-    cache = KeyCache()
+    settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
+    guard = KeyGuard.build(
+        settings,
+        policy=KeyPolicy(pepper=PEPPER.encode(), live=False),
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+    )
+    # Not started: no other process writes keys here, so the cache is trusted for the whole
+    # loop (a started guard would stop trusting it while the loop starves its poller).
+    guard.cache.trusted_until = math.inf
     try:
-        async with sessionmaker() as session:
-            await service.authenticate(session, key, pepper=PEPPER.encode(), cache=cache)
-            started = time.perf_counter()
-            for _ in range(rounds):
-                await service.authenticate(session, key, pepper=PEPPER.encode(), cache=cache)
-            return (time.perf_counter() - started) / rounds * 1e6
+        await guard.authenticate(key)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            await guard.authenticate(key)
+        return (time.perf_counter() - started) / rounds * 1e6
     finally:
+        await guard.invalidator.engine.dispose()
         await engine.dispose()
 
 

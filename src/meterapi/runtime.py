@@ -12,6 +12,7 @@ from meterapi.billing.public_limit import PublicRateLimit
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
+from meterapi.keys.policy import KeyPolicy
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
 from meterapi.metering.reporter import Reporter
@@ -29,6 +30,7 @@ class Runtime:
     engine: AsyncEngine
     sessionmaker: Sessionmaker
     metrics: Metrics
+    key_policy: KeyPolicy
     keys: KeyGuard
     gateway: StripeGateway
     ledger_engine: AsyncEngine
@@ -57,7 +59,8 @@ class Runtime:
             event_name=settings.stripe_meter_event_name,
             metrics=metrics,
         )
-        keys = KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker)
+        key_policy = KeyPolicy.from_settings(settings)
+        keys = KeyGuard.build(settings, policy=key_policy, engine=engine, sessionmaker=sessionmaker)
         outbound = Deliverer(
             sessionmaker,
             url=settings.webhook_url,
@@ -73,6 +76,7 @@ class Runtime:
             engine=engine,
             sessionmaker=sessionmaker,
             metrics=metrics,
+            key_policy=key_policy,
             keys=keys,
             gateway=gateway,
             ledger_engine=ledger_engine,

@@ -49,7 +49,7 @@ async def seed_key(app: FastAPI, customer_id: int, **kwargs: Any) -> tuple[ApiKe
     runtime = runtime_of(app)
     async with session_scope(runtime.sessionmaker) as session:
         return await service.issue(
-            session, customer_id=customer_id, pepper=runtime.keys.pepper, live=False, **kwargs
+            session, customer_id=customer_id, pepper=runtime.key_policy.pepper, live=False, **kwargs
         )
 
 

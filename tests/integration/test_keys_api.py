@@ -7,6 +7,8 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
+from meterapi.api.deps import get_key_policy
+from meterapi.keys.policy import KeyPolicy
 from tests.integration.keys_support import headers, runtime_of, seed_customer_with_key
 
 PUBLIC_FIELDS = {
@@ -252,3 +254,30 @@ async def test_a_rotated_key_is_refused_from_a_cold_cache_too(app: FastAPI) -> N
         refused = await client.post("/v1/keys", headers=headers(old))
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "key_rotated"
         assert (await client.get("/v1/data", headers=headers(old))).status_code == 200
+
+
+async def test_routes_take_the_key_policy_as_a_dependency(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """``KeyPolicyDep`` is one provider: overriding it changes what every route mints."""
+    _, key = await seed_customer_with_key(app)
+    test_mode = await client.post("/v1/keys", headers=headers(key))
+    assert test_mode.json()["api_key"].startswith("mk_test_")
+    pepper = runtime_of(app).key_policy.pepper
+    app.dependency_overrides[get_key_policy] = lambda: KeyPolicy(pepper=pepper, live=True)
+    try:
+        live = await client.post("/v1/keys", headers=headers(key))
+        rotated = await client.post(
+            f"/v1/keys/{test_mode.json()['key']['id']}/rotate", headers=headers(key)
+        )
+    finally:
+        app.dependency_overrides.clear()
+    assert live.status_code == rotated.status_code == 201
+    assert live.json()["api_key"].startswith("mk_live_")
+    assert rotated.json()["api_key"].startswith("mk_live_")
+    # Minted under the same pepper, so the service knows the live key.
+    assert (
+        await client.get("/v1/data", headers=headers(live.json()["api_key"]))
+    ).status_code == 200
+    again = await client.post("/v1/keys", headers=headers(key))
+    assert again.json()["api_key"].startswith("mk_test_")

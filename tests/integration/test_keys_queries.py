@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Any
 
 import httpx
 import pytest
@@ -10,6 +12,7 @@ from fastapi import FastAPI
 
 from meterapi.config import Settings
 from meterapi.keys import format as key_format
+from meterapi.keys import hashing
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration.keys_support import (
@@ -39,6 +42,39 @@ async def test_a_warm_key_costs_no_key_query(app: FastAPI, client: httpx.AsyncCl
             response = await client.get("/v1/data", headers=headers(key))
             assert response.status_code == 200
     assert warm.touching_keys() == []
+
+
+class CountingHmac:
+    """Stands in for the ``hmac`` module in ``keys.hashing``: counts the keyed hashes."""
+
+    compare_digest = staticmethod(hmac.compare_digest)
+
+    def __init__(self) -> None:
+        self.computed = 0
+
+    def new(self, *args: Any, **kwargs: Any) -> Any:
+        self.computed += 1
+        return hmac.new(*args, **kwargs)
+
+
+async def test_a_key_is_hashed_once_per_request(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cold (read from the database, then cached) or warm, known or not: one HMAC."""
+    _, key = await seed_customer_with_key(app)
+    hmacs = CountingHmac()
+    monkeypatch.setattr(hashing, "hmac", hmacs)
+    with count_statements(app) as cold:
+        assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+    assert hmacs.computed == 1 and len(cold.touching_keys()) == 1
+    for _ in range(10):
+        assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
+    assert hmacs.computed == 1 + 10
+    unknown = key_format.generate(live=False)
+    typo = key[:-1] + ("0" if key[-1] != "0" else "1")
+    for presented in (unknown, unknown, typo):
+        assert (await client.get("/v1/data", headers=headers(presented))).status_code == 401
+    assert hmacs.computed == 11 + 3
 
 
 async def test_concurrent_misses_on_one_key_share_one_read(

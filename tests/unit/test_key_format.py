@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from meterapi.config import Settings
 from meterapi.errors import InvalidApiKey
-from meterapi.keys import access, hashing, service
+from meterapi.keys import access_policy, hashing
 from meterapi.keys import format as key_format
 from meterapi.keys.cache import KeyCache
+from meterapi.keys.guard import KeyGuard
+from meterapi.keys.policy import KeyPolicy
 
 
 def test_generated_keys_have_the_documented_shape() -> None:
@@ -78,6 +81,20 @@ def test_live_keys_follow_the_stripe_key(stripe_key: str | None, live: bool) -> 
     assert key_format.is_live_stripe_key(stripe_key) is live
 
 
+def test_the_key_policy_follows_the_settings_and_hides_the_pepper() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url="sqlite+aiosqlite://",
+        stripe_secret_key="sk_live_x",
+        stripe_webhook_secret="whsec_x",
+        key_pepper="pepper-" + "x" * 40,
+    )
+    policy = KeyPolicy.from_settings(settings)
+    assert policy.live and policy.pepper == settings.pepper_bytes()
+    assert "pepper-" not in repr(policy)
+    assert policy.digest("mk_test_x") == hashing.digest("mk_test_x", pepper=policy.pepper)
+
+
 def test_digest_is_keyed() -> None:
     key = key_format.generate(live=False)
     one = hashing.digest(key, pepper=b"one")
@@ -95,8 +112,18 @@ class _NoDatabase:
 @pytest.mark.parametrize("mangle", [lambda k: k[:-1] + ("A" if k[-1] != "A" else "B"), str.upper])
 async def test_a_typo_is_refused_without_the_database(mangle: Any) -> None:
     typo = mangle(key_format.generate(live=False))
+    nothing: Any = _NoDatabase()
+    guard = KeyGuard(
+        policy=KeyPolicy(pepper=b"p", live=False),
+        past_due_grace_s=0,
+        cache=KeyCache(),  # trusted: nobody invalidates it
+        invalidator=nothing,
+        last_used=nothing,
+        sessionmaker=nothing,
+        engine=nothing,
+    )
     with pytest.raises(InvalidApiKey):
-        await service.authenticate(_NoDatabase(), typo, pepper=b"p", cache=KeyCache())  # type: ignore[arg-type]
+        await guard.authenticate(typo)
 
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -128,4 +155,4 @@ class _State:
 def test_access_policy(
     status: str | None, since: datetime | None, grace: int, allowed: bool
 ) -> None:
-    assert access.allows(_State(status, since), NOW, grace) is allowed
+    assert access_policy.allows(_State(status, since), NOW, grace) is allowed

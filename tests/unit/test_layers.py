@@ -4,6 +4,7 @@ outbound → models, db → config, errors. Domain packages never import the web
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "meterapi"
@@ -107,3 +108,128 @@ def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from meterapi.api.deps import SessionDep\nimport fastapi\n")
     assert _imports(bad) == ["meterapi.api.deps", "fastapi"]
+
+
+# -- what routes and the key service may reach ----------------------------------------------------
+
+# Rooms whose modules answer requests; ``api.deps`` is where their dependencies are provided.
+ROUTE_ROOMS = {"api", "gateway", "dashboard"}
+PROVIDERS = {"meterapi.api.deps"}
+# Runtime parts a route takes as a typed dependency (``KeyPolicyDep``, ``KeyGuardDep``...).
+RUNTIME_PARTS_BY_DEPENDENCY = {"keys", "key_policy"}
+
+
+def _attribute_chains(path: Path) -> list[str]:
+    """Every dotted name in the module (``runtime.keys.pepper``, ``a.b().c`` as ``c``)."""
+    chains = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            parts = [node.attr]
+            value = node.value
+            while isinstance(value, ast.Attribute):
+                parts.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name):
+                parts.append(value.id)
+            chains.append(".".join(reversed(parts)))
+    return chains
+
+
+def _reach_ins(path: Path) -> list[str]:
+    wrong = []
+    for chain in _attribute_chains(path):
+        names = chain.split(".")
+        for i, name in enumerate(names[:-1]):
+            if name == "runtime" and names[i + 1] in RUNTIME_PARTS_BY_DEPENDENCY:
+                wrong.append(chain)
+        if names[-1] in {"stripe_price_id", "pepper_bytes"}:
+            wrong.append(chain)
+    return wrong
+
+
+def test_routes_take_dependencies_instead_of_reaching_through_the_runtime() -> None:
+    """The key machinery, the key policy and the price id come from ``api.deps`` providers,
+    so ``app.dependency_overrides`` replaces them everywhere."""
+    wrong = [
+        f"{name}: {chain}"
+        for name, path in _modules()
+        if _room(name) in ROUTE_ROOMS and name not in PROVIDERS
+        for chain in _reach_ins(path)
+    ]
+    assert wrong == []
+
+
+def test_live_or_test_keys_are_worked_out_in_one_place() -> None:
+    allowed = {"meterapi.keys.policy", "meterapi.keys.format", "meterapi.config"}
+    wrong = [
+        f"{name}: {chain}"
+        for name, path in _modules()
+        if name not in allowed
+        for chain in _attribute_chains(path) + _imported_names(path)
+        if chain.split(".")[-1] in {"is_live_stripe_key", "pepper_bytes"}
+    ]
+    assert wrong == []
+
+
+def _imported_names(path: Path) -> list[str]:
+    return [
+        alias.name
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    ]
+
+
+def test_the_key_service_is_database_work_only() -> None:
+    """Authentication (digest, cache, fill, access policy) is ``keys.guard``'s alone."""
+    service = SRC / "keys" / "service.py"
+    authenticator_parts = {
+        "meterapi.keys.cache",
+        "meterapi.keys.guard",
+        "meterapi.keys.access_policy",
+    }
+    imported = set(_imports(service)) | {
+        f"meterapi.keys.{name}"
+        for name in _imported_names(service)
+        if (SRC / "keys" / f"{name}.py").exists()
+    }
+    assert imported & authenticator_parts == set()
+    assert "KeyCache" not in service.read_text()
+
+
+RETIRED_MODULES = {
+    # The access policy is keys.access_policy; billing's cache bump is billing.access_changes.
+    "meterapi.keys.access",
+    "meterapi.billing.access",
+}
+
+
+def test_retired_module_names_stay_retired() -> None:
+    names = {name for name, _ in _modules()}
+    assert names & RETIRED_MODULES == set()
+    wrong = [f"{n} imports {t}" for n, p in _modules() for t in _imports(p) if t in RETIRED_MODULES]
+    assert wrong == []
+
+
+def _word_count(name: str) -> int:
+    pattern = re.compile(rf"\b{re.escape(name)}\b")
+    roots = [SRC, SRC.parents[1] / "tests", SRC.parents[1] / "bench"]
+    return sum(len(pattern.findall(p.read_text())) for root in roots for p in root.rglob("*.py"))
+
+
+def test_no_dead_dependency_aliases_or_key_constants() -> None:
+    """Every ``XDep`` alias of ``api.deps`` and every constant of ``keys`` is used somewhere
+    besides its definition."""
+    defined = []
+    for name, path in _modules():
+        if name != "meterapi.api.deps" and _room(name) != "keys":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for target in targets:
+                if isinstance(target, ast.Name) and (
+                    target.id.endswith("Dep") or target.id.isupper()
+                ):
+                    defined.append(target.id)
+    assert defined
+    assert [name for name in defined if _word_count(name) < 2] == []

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from meterapi.api.admin import ADMIN_ERRORS, Limit
-from meterapi.api.deps import ADMIN_DEPENDENCIES, GatewayDep, RuntimeDep, SessionDep, SettingsDep
+from meterapi.api.deps import ADMIN_DEPENDENCIES, GatewayDep, PriceIdDep, RuntimeDep, SessionDep
 from meterapi.billing import webhooks
 from meterapi.errors import ValidationFailed
 from meterapi.metering import reports
@@ -174,10 +174,10 @@ async def list_stripe_events(
     },
 )
 async def replay_stripe_event(
-    event_id: EventIdPath, session: SessionDep, gateway: GatewayDep, settings: SettingsDep
+    event_id: EventIdPath, session: SessionDep, gateway: GatewayDep, price_id: PriceIdDep
 ) -> ReplayOut:
     receipt = await webhooks.replay_one(
-        session, event_id=event_id, gateway=gateway, price_id=settings.stripe_price_id
+        session, event_id=event_id, gateway=gateway, price_id=price_id
     )
     stored = await session.get(StripeEvent, event_id)
     return ReplayOut(

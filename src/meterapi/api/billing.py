@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from meterapi.api.deps import (
     CustomerDep,
     GatewayDep,
+    KeyPolicyDep,
     PublicRateLimitDep,
     SessionDep,
     SettingsDep,
@@ -69,6 +70,7 @@ _STRIPE_ERRORS: dict[int | str, dict[str, Any]] = {
 async def create_checkout(
     gateway: GatewayDep,
     settings: SettingsDep,
+    policy: KeyPolicyDep,
     body: Annotated[CheckoutCreate | None, Body()] = None,
 ) -> CheckoutOut:
     body = body or CheckoutCreate()
@@ -78,7 +80,7 @@ async def create_checkout(
         email=body.email,
         client_reference_id=body.client_reference_id,
     )
-    token = claim_token(link.id, pepper=settings.pepper_bytes())
+    token = claim_token(link.id, pepper=policy.pepper)
     return CheckoutOut(id=link.id, url=link.url, claim_token=token)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterapi.api.deps import GatewayDep, PublicRateLimitDep, RuntimeDep, SessionDep
+from meterapi.api.deps import (
+    GatewayDep,
+    KeyPolicyDep,
+    PriceIdDep,
+    PublicRateLimitDep,
+    SessionDep,
+)
 from meterapi.api.keys import KeyCreated
 from meterapi.billing.claim import claim_first_key
 
@@ -44,15 +50,19 @@ class KeyClaim(BaseModel):
     dependencies=[PublicRateLimitDep],
 )
 async def claim_key(
-    body: KeyClaim, session: SessionDep, gateway: GatewayDep, runtime: RuntimeDep
+    body: KeyClaim,
+    session: SessionDep,
+    gateway: GatewayDep,
+    policy: KeyPolicyDep,
+    price_id: PriceIdDep,
 ) -> KeyCreated:
     key, plaintext = await claim_first_key(
         session,
         checkout_session_id=body.checkout_session_id,
         claim_token=body.claim_token,
         gateway=gateway,
-        price_id=runtime.settings.stripe_price_id,
-        pepper=runtime.keys.pepper,
-        live=runtime.keys.live,
+        price_id=price_id,
+        pepper=policy.pepper,
+        live=policy.live,
     )
     return KeyCreated.of(key, plaintext)

@@ -1,4 +1,9 @@
-"""The dependency aliases routes are written with."""
+"""The dependency aliases routes are written with: ``XDep = Annotated[X, Depends(...)]``.
+
+Routes take what they need (``KeyPolicyDep``, ``PriceIdDep``, ``KeyGuardDep``...) rather than
+reaching through the ``Runtime``; each is one provider here, so ``app.dependency_overrides``
+replaces it for every route at once.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from meterapi.errors import (
     NotFound,
     ValidationFailed,
 )
-from meterapi.keys.service import Principal
+from meterapi.keys.guard import KeyGuard, Principal
+from meterapi.keys.policy import KeyPolicy
 from meterapi.runtime import Runtime
 
 
@@ -49,6 +55,30 @@ def get_gateway(runtime: RuntimeDep) -> StripeGateway:
 
 
 GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
+
+
+async def get_price_id(settings: SettingsDep) -> str | None:
+    """The metered price new subscriptions are created with (``METERAPI_STRIPE_PRICE_ID``)."""
+    return settings.stripe_price_id
+
+
+PriceIdDep = Annotated[str | None, Depends(get_price_id)]
+
+
+async def get_key_policy(runtime: RuntimeDep) -> KeyPolicy:
+    """The pepper keys are hashed under and whether new keys are live: for minting keys."""
+    return runtime.key_policy
+
+
+KeyPolicyDep = Annotated[KeyPolicy, Depends(get_key_policy)]
+
+
+async def get_key_guard(runtime: RuntimeDep) -> KeyGuard:
+    """This process's key machinery: for waiting until a revocation reached every process."""
+    return runtime.keys
+
+
+KeyGuardDep = Annotated[KeyGuard, Depends(get_key_guard)]
 
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
@@ -165,13 +195,10 @@ def presented_key(raw_headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return found
 
 
-# One instance each, so FastAPI resolves each once per request.
-_paid_access = ApiKeyAuth(require_access=True, allow_rotated=True)
+# One instance each, so FastAPI resolves each once per request. (The paid API's check, a valid
+# key of a customer whose subscription allows access, is ``api.paid.PaidCaller``.)
 _self_service = ApiKeyAuth(require_access=False, allow_rotated=False)
 _self_service_read = ApiKeyAuth(require_access=False, allow_rotated=True)
-# The paid API: a valid key of a customer whose subscription allows access (a rotated key in
-# its grace period included: that is what the grace is for).
-ApiKeyDep = Annotated[Principal, Security(_paid_access)]
 # The customer's own keys, usage and billing: any valid key, whatever the subscription's state,
 # so a lapsed customer can still see what they owe and reach the billing portal. Not a rotated
 # key in its grace period (403 key_rotated): whoever holds only the old key must not be able to

@@ -8,7 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from meterapi.api.deps import CustomerDep, CustomerReadDep, RuntimeDep, SessionDep
+from meterapi.api.deps import (
+    CustomerDep,
+    CustomerReadDep,
+    KeyGuardDep,
+    KeyPolicyDep,
+    SessionDep,
+)
 from meterapi.keys import service
 from meterapi.models import ApiKey
 
@@ -119,7 +125,7 @@ async def list_keys(caller: CustomerReadDep, session: SessionDep) -> KeyList:
 async def create_key(
     caller: CustomerDep,
     session: SessionDep,
-    runtime: RuntimeDep,
+    policy: KeyPolicyDep,
     body: Annotated[KeyCreate | None, Body()] = None,
 ) -> KeyCreated:
     body = body or KeyCreate()
@@ -128,8 +134,8 @@ async def create_key(
         customer_id=caller.customer_id,
         name=body.name,
         expires_at=body.expires_at,
-        pepper=runtime.keys.pepper,
-        live=runtime.keys.live,
+        pepper=policy.pepper,
+        live=policy.live,
     )
     return KeyCreated.of(key, plaintext)
 
@@ -145,7 +151,8 @@ async def rotate_key(
     key_id: KeyIdPath,
     caller: CustomerDep,
     session: SessionDep,
-    runtime: RuntimeDep,
+    policy: KeyPolicyDep,
+    keys: KeyGuardDep,
     body: Annotated[KeyRotate | None, Body()] = None,
 ) -> KeyCreated:
     body = body or KeyRotate()
@@ -154,12 +161,12 @@ async def rotate_key(
         customer_id=caller.customer_id,
         key_id=key_id,
         grace_seconds=body.grace_seconds,
-        pepper=runtime.keys.pepper,
-        live=runtime.keys.live,
+        pepper=policy.pepper,
+        live=policy.live,
     )
     if body.grace_seconds == 0:  # the old key ends now, as if revoked: everywhere, then answer
         await session.commit()
-        await runtime.keys.propagate()
+        await keys.propagate()
     return KeyCreated.of(key, plaintext)
 
 
@@ -174,10 +181,10 @@ async def rotate_key(
     },
 )
 async def revoke_key(
-    key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, runtime: RuntimeDep
+    key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, keys: KeyGuardDep
 ) -> Response:
     await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
     await session.commit()
     # The contract: when this returns, no worker or replica serves the key.
-    await runtime.keys.propagate()
+    await keys.propagate()
     return Response(status_code=204)

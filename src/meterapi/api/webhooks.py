@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from meterapi.api.deps import GatewayDep, RuntimeDep, SessionDep
+from meterapi.api.deps import GatewayDep, PriceIdDep, RuntimeDep, SessionDep
 from meterapi.api.errors import error_response
 from meterapi.billing import webhooks
 
@@ -31,6 +31,7 @@ async def receive_stripe_event(
     session: SessionDep,
     gateway: GatewayDep,
     runtime: RuntimeDep,
+    price_id: PriceIdDep,
     stripe_signature: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> JSONResponse:
     receipt = await webhooks.receive(
@@ -38,7 +39,7 @@ async def receive_stripe_event(
         payload=await request.body(),
         signature=stripe_signature,
         gateway=gateway,
-        price_id=runtime.settings.stripe_price_id,
+        price_id=price_id,
     )
     runtime.metrics.webhook_events.inc(outcome=receipt.outcome.value)
     if receipt.outcome is webhooks.Outcome.FAILED:

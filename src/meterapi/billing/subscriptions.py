@@ -22,7 +22,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.billing.access import access_changed, announce_access
+from meterapi.billing.access_changes import access_changed, announce_access
 from meterapi.billing.gateway import StripeGateway
 from meterapi.billing.sql import insert_or_ignore
 from meterapi.errors import CheckoutIncomplete

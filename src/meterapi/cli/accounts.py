@@ -14,7 +14,7 @@ from meterapi.config import Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import heartbeat
 from meterapi.keys import service as key_service
-from meterapi.keys.format import is_live_stripe_key
+from meterapi.keys.policy import KeyPolicy
 from meterapi.runtime import Runtime
 
 log = logging.getLogger("meterapi")
@@ -102,8 +102,7 @@ def _stripe_setup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
-    secret = settings.stripe_secret_key
-    live = is_live_stripe_key(secret.get_secret_value() if secret else None)
+    policy = KeyPolicy.from_settings(settings)
 
     async def issue() -> str:
         engine = make_engine(settings.database_url)
@@ -113,8 +112,8 @@ def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
                     session,
                     stripe_customer_id=args.customer,
                     name=args.name,
-                    pepper=settings.pepper_bytes(),
-                    live=live,
+                    pepper=policy.pepper,
+                    live=policy.live,
                 )
             log.info("issued key %s for %s", key.id, args.customer)
             return plaintext

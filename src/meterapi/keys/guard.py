@@ -1,33 +1,52 @@
-"""``KeyGuard``: one process's long-lived key machinery — the cache, its invalidation, and the
-``last_used_at`` writer — and the authentication call the API's dependency makes."""
+"""``KeyGuard``: one process's key authenticator — the presented key's digest (computed once per
+request), the cache, the single-flight fill from the database, the access policy — and the
+long-lived machinery around it: the cache's invalidation and the ``last_used_at`` writer.
+
+``keys.service`` only reads and writes rows; everything about answering a request is here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker
-from meterapi.errors import InvalidApiKey
-from meterapi.keys import hashing, heartbeat, invalidation, service
-from meterapi.keys.cache import KeyCache
-from meterapi.keys.format import is_live_stripe_key
+from meterapi.errors import InvalidApiKey, SubscriptionInactive
+from meterapi.keys import access_policy, heartbeat, invalidation, service
+from meterapi.keys import format as key_format
+from meterapi.keys.cache import CustomerEntry, KeyCache, KeyEntry
 from meterapi.keys.heartbeat import Acknowledgement
 from meterapi.keys.invalidation import Invalidator
 from meterapi.keys.last_used import LastUsedTracker
-from meterapi.keys.service import Principal
-from meterapi.models import utcnow
+from meterapi.keys.policy import KeyPolicy
+from meterapi.models import Customer, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key that authenticated the request and its customer.
+
+    ``rotated``: the key has a successor and is in its grace period; it may call the paid API
+    and read, nothing else (the API refuses the rest with ``KeyRotated``).
+    """
+
+    key_id: str
+    customer_id: int
+    stripe_customer_id: str
+    key_name: str | None = None
+    rotated: bool = False
 
 
 class KeyGuard:
     def __init__(
         self,
         *,
-        pepper: bytes,
-        live: bool,
+        policy: KeyPolicy,
         past_due_grace_s: int,
         cache: KeyCache,
         invalidator: Invalidator,
@@ -35,10 +54,9 @@ class KeyGuard:
         sessionmaker: Sessionmaker,
         engine: AsyncEngine,
     ) -> None:
-        self._pepper = pepper
+        self.policy = policy
         self.sessionmaker = sessionmaker
         self.engine = engine
-        self.live = live
         self.past_due_grace_s = past_due_grace_s
         self.cache = cache
         self.invalidator = invalidator
@@ -48,19 +66,22 @@ class KeyGuard:
         self._check_in_task: asyncio.Task[bool] | None = None
 
     def __repr__(self) -> str:  # never the pepper
-        return f"KeyGuard(live={self.live}, cache={self.cache!r})"
+        return f"KeyGuard(live={self.policy.live}, cache={self.cache!r})"
 
     @classmethod
     def build(
-        cls, settings: Settings, *, engine: AsyncEngine, sessionmaker: Sessionmaker
+        cls,
+        settings: Settings,
+        *,
+        policy: KeyPolicy,
+        engine: AsyncEngine,
+        sessionmaker: Sessionmaker,
     ) -> KeyGuard:
         """Build without I/O and attach the cache to ``sessionmaker``'s commits."""
         cache = KeyCache(max_entries=settings.key_cache_size, ttl_s=settings.key_cache_ttl_s)
         invalidation.attach(sessionmaker, cache)
-        secret = settings.stripe_secret_key
         return cls(
-            pepper=settings.pepper_bytes(),
-            live=is_live_stripe_key(secret.get_secret_value() if secret else None),
+            policy=policy,
             past_due_grace_s=settings.past_due_grace_s,
             cache=cache,
             invalidator=Invalidator(cache, database_url=settings.database_url),
@@ -68,10 +89,6 @@ class KeyGuard:
             sessionmaker=sessionmaker,
             engine=engine,
         )
-
-    @property
-    def pepper(self) -> bytes:
-        return self._pepper
 
     async def propagate(self) -> Acknowledgement:
         """After committing a revocation: return once no other process can serve the key
@@ -91,26 +108,57 @@ class KeyGuard:
     async def authenticate(
         self, plaintext: str, *, require_access: bool = True, now: datetime | None = None
     ) -> Principal:
-        """The caller behind ``plaintext``. A warm key is answered from the cache without
-        opening a session; otherwise a short session of our own reads the key.
+        """The caller behind ``plaintext``, or ``InvalidApiKey`` / ``SubscriptionInactive``.
+
+        The keyed hash is computed once, for every presented value and before the format check;
+        malformed, unknown, revoked and expired keys all raise the same error. A warm key is
+        answered from the cache without opening a session; otherwise one read by digest, shared
+        by every concurrent caller of that key, fills the cache.
 
         ``require_access=False`` admits any valid key whatever the subscription's state: for
         the customer's own keys, usage and billing portal, which a lapsed customer needs most.
         """
         now = now or utcnow()
-        principal = None
+        digest = self.policy.digest(plaintext)
+        found = None
         if not self.cache.trusted():
             await self._check_in()
         # Still untrusted (the invalidation feed cannot be heard): the database answers.
         if self.cache.trusted():
-            principal = self._from_cache(plaintext, require_access=require_access, now=now)
-            if principal is None:
-                await self._fill(plaintext, now)
-                principal = self._from_cache(plaintext, require_access=require_access, now=now)
-        if principal is None:  # untrusted, or invalidated since the fill: read for this request
-            principal = await self._read(plaintext, require_access=require_access, now=now)
-        self.last_used.note(principal.key_id, now)
-        return principal
+            found = self._cached(digest, plaintext)
+            if found is None:
+                await self._fill(digest, now)
+                found = self._cached(digest, plaintext)
+        elif not key_format.looks_valid(plaintext):
+            raise InvalidApiKey()
+        if found is None:  # untrusted, or invalidated since the fill: read for this request
+            found = await self._load(digest, now)
+        key, customer = found
+        if key.expires_at is not None and key.expires_at <= now:
+            raise InvalidApiKey()
+        if require_access and not access_policy.allows(customer, now, self.past_due_grace_s):
+            raise SubscriptionInactive()
+        self.last_used.note(key.key_id, now)
+        return Principal(
+            key_id=key.key_id,
+            customer_id=key.customer_id,
+            stripe_customer_id=customer.stripe_customer_id,
+            key_name=key.name,
+            rotated=key.rotated,
+        )
+
+    def _cached(self, digest: str, plaintext: str) -> tuple[KeyEntry, CustomerEntry] | None:
+        """The key and its customer from the cache; ``InvalidApiKey`` for a malformed key or a
+        known miss; None if the database must be asked. The whole hot path of a warm key."""
+        entry = self.cache.key(digest)
+        if entry is None:
+            # Only a well-formed key was ever cached, so the shape and checksum are checked
+            # here, off the warm path; every refusal still paid for the digest.
+            if not key_format.looks_valid(plaintext) or self.cache.is_known_miss(digest):
+                raise InvalidApiKey()
+            return None
+        customer = self.cache.customer(entry.customer_id)
+        return None if customer is None else (entry, customer)
 
     async def _check_in(self) -> None:
         """The cache's trust ran out (the poller is late: a starved event loop, a slow
@@ -128,33 +176,20 @@ class KeyGuard:
         with contextlib.suppress(Exception):
             await asyncio.shield(self._check_in_task)
 
-    def _from_cache(
-        self, plaintext: str, *, require_access: bool, now: datetime
-    ) -> Principal | None:
-        return service.authenticate_cached(
-            plaintext,
-            pepper=self._pepper,
-            cache=self.cache,
-            past_due_grace_s=self.past_due_grace_s,
-            require_access=require_access,
-            now=now,
-        )
-
-    async def _fill(self, plaintext: str, now: datetime) -> None:
+    async def _fill(self, digest: str, now: datetime) -> None:
         """Bring the key into the cache (or into its misses), once for all concurrent callers.
 
         Without this, a hot key whose entry expires, or a cold start under load, would send
         every request in flight to the database at once. An unknown key fills the miss cache,
         and its callers are then refused from there.
         """
-        digest = hashing.digest(plaintext, pepper=self._pepper)
         fill = self._fills.get(digest)
         if fill is None:
 
             async def read() -> None:
                 # An unknown key is now a known miss (unless invalidated meanwhile).
                 with contextlib.suppress(InvalidApiKey):
-                    await self._read(plaintext, require_access=False, now=now)
+                    await self._load(digest, now)
 
             def done(task: asyncio.Task[None]) -> None:
                 self._fills.pop(digest, None)
@@ -167,14 +202,43 @@ class KeyGuard:
         # Shielded: one caller giving up must not cancel the read the others wait for.
         await asyncio.shield(fill)
 
-    async def _read(self, plaintext: str, *, require_access: bool, now: datetime) -> Principal:
+    async def _load(self, digest: str, now: datetime) -> tuple[KeyEntry, CustomerEntry]:
+        """Read the key (or only its customer, if the key is cached) in a short session of our
+        own, and cache what was read; ``InvalidApiKey`` (cached as a miss) if no usable key has
+        this digest. A read that raced an invalidation is returned but not cached."""
+        cache = self.cache
+        generation = cache.generation  # before the read: a concurrent invalidation voids it
+        entry = cache.key(digest)
         async with self.sessionmaker() as session:
-            return await service.authenticate(
-                session,
-                plaintext,
-                pepper=self._pepper,
-                cache=self.cache,
-                past_due_grace_s=self.past_due_grace_s,
-                require_access=require_access,
-                now=now,
-            )
+            if entry is not None:
+                customer = await service.get_customer(session, entry.customer_id)
+                if customer is None:  # the key's foreign key makes this unreachable
+                    raise InvalidApiKey()
+            else:
+                row = await service.find_by_digest(session, digest)
+                if row is None or not service.is_usable(row[0], now):
+                    cache.put_miss(digest, generation=generation)
+                    raise InvalidApiKey()
+                key, customer = row
+                entry = KeyEntry(
+                    key_id=key.id,
+                    customer_id=key.customer_id,
+                    expires_at=key.expires_at,
+                    valid_until=cache.lifetime(now, key.expires_at),
+                    name=key.name,
+                    rotated=key.rotated_at is not None,
+                )
+                cache.put_key(digest, entry, generation=generation)
+            customer_entry = self._customer_entry(customer)
+        cache.put_customer(customer_entry, generation=generation)
+        return entry, customer_entry
+
+    def _customer_entry(self, customer: Customer) -> CustomerEntry:
+        assert customer.id is not None
+        return CustomerEntry(
+            customer_id=customer.id,
+            stripe_customer_id=customer.stripe_customer_id,
+            subscription_status=customer.subscription_status,
+            past_due_since=customer.past_due_since,
+            valid_until=self.cache.clock() + self.cache.ttl_s,
+        )

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-DIGEST_LENGTH = 64  # hex characters
-
 
 def digest(plaintext: str, *, pepper: bytes) -> str:
     """The hex HMAC-SHA-256 of the key; computed for every presented value, well formed or not."""

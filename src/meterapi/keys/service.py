@@ -1,4 +1,5 @@
-"""Issue, rotate, revoke, list and authenticate API keys.
+"""Issue, rotate, revoke and list API keys, and find a key by its digest: database work only
+(authenticating a request, with its cache, is ``keys.guard``).
 
 Services take the session first and keyword-only arguments, ``flush()`` only and never commit:
 the caller's unit of work decides. Key and access changes call ``invalidation.bump`` in the same
@@ -8,41 +9,22 @@ a key write ``key.created`` / ``key.revoked`` to the outbound outbox in that tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.errors import (
-    InvalidApiKey,
     LastActiveKey,
     NotFound,
-    SubscriptionInactive,
     ValidationFailed,
 )
-from meterapi.keys import access, hashing, invalidation
 from meterapi.keys import format as key_format
-from meterapi.keys.cache import CustomerEntry, KeyCache, KeyEntry
+from meterapi.keys import hashing, invalidation
 from meterapi.models import ApiKey, Customer, utcnow
 from meterapi.outbound import outbox
 
 DEFAULT_GRACE_SECONDS = 3600
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the key that authenticated the request and its customer.
-
-    ``rotated``: the key has a successor and is in its grace period; it may call the paid API
-    and read, nothing else (the API refuses the rest with ``KeyRotated``).
-    """
-
-    key_id: str
-    customer_id: int
-    stripe_customer_id: str
-    key_name: str | None = None
-    rotated: bool = False
 
 
 def is_usable(key: ApiKey, now: datetime) -> bool:
@@ -202,149 +184,20 @@ async def revoke(
     return key
 
 
-async def authenticate(
-    session: AsyncSession,
-    plaintext: str,
-    *,
-    pepper: bytes,
-    cache: KeyCache | None = None,
-    past_due_grace_s: int = 0,
-    require_access: bool = True,
-    now: datetime | None = None,
-) -> Principal:
-    """The caller behind ``plaintext``, or ``InvalidApiKey`` / ``SubscriptionInactive``.
-
-    The keyed hash is computed for every presented value, before the format check, and digests
-    are compared with ``hmac.compare_digest``; malformed, unknown, revoked and expired keys all
-    raise the same error. With a warm ``cache`` no SQL statement is issued.
-    """
-    now = now or utcnow()
-    cache = cache if cache is not None else KeyCache(max_entries=1)
-    principal = authenticate_cached(
-        plaintext,
-        pepper=pepper,
-        cache=cache,
-        past_due_grace_s=past_due_grace_s,
-        require_access=require_access,
-        now=now,
-    )
-    if principal is not None:
-        return principal
-    digest = hashing.digest(plaintext, pepper=pepper)
-    entry = cache.key(digest)
-    if entry is None:
-        entry, customer = await _load(session, digest, cache=cache, now=now)
-    else:
-        customer = cache.customer(entry.customer_id) or await _load_customer(
-            session, entry.customer_id, cache=cache
-        )
-    return _admit(
-        entry,
-        customer,
-        now=now,
-        past_due_grace_s=past_due_grace_s,
-        require_access=require_access,
-    )
-
-
-def authenticate_cached(
-    plaintext: str,
-    *,
-    pepper: bytes,
-    cache: KeyCache,
-    past_due_grace_s: int = 0,
-    require_access: bool = True,
-    now: datetime,
-) -> Principal | None:
-    """``authenticate`` from the cache alone: the caller, an error, or ``None`` if the database
-    must be asked. This is the whole hot path of a warm key: no session, no I/O."""
-    digest = hashing.digest(plaintext, pepper=pepper)  # for every value, well formed or not
-    entry = cache.key(digest)
-    if entry is None:
-        # Only a well-formed key was ever cached, so the shape and checksum are checked here,
-        # off the warm path; every refusal still pays for the digest above.
-        if not key_format.looks_valid(plaintext) or cache.is_known_miss(digest):
-            raise InvalidApiKey()
-        return None
-    customer = cache.customer(entry.customer_id)
-    if customer is None:
-        return None
-    return _admit(
-        entry,
-        customer,
-        now=now,
-        past_due_grace_s=past_due_grace_s,
-        require_access=require_access,
-    )
-
-
-def _admit(
-    entry: KeyEntry,
-    customer: CustomerEntry,
-    *,
-    now: datetime,
-    past_due_grace_s: int,
-    require_access: bool,
-) -> Principal:
-    if entry.expires_at is not None and entry.expires_at <= now:
-        raise InvalidApiKey()
-    if require_access and not access.allows(customer, now, past_due_grace_s):
-        raise SubscriptionInactive()
-    return Principal(
-        key_id=entry.key_id,
-        customer_id=entry.customer_id,
-        stripe_customer_id=customer.stripe_customer_id,
-        key_name=entry.name,
-        rotated=entry.rotated,
-    )
-
-
-async def _load(
-    session: AsyncSession, digest: str, *, cache: KeyCache, now: datetime
-) -> tuple[KeyEntry, CustomerEntry]:
-    generation = cache.generation  # before the read: a concurrent invalidation voids the fill
+async def find_by_digest(session: AsyncSession, digest: str) -> tuple[ApiKey, Customer] | None:
+    """The key stored under ``digest`` and its customer, in one statement; None if no key has
+    it. Usable or not: revoked and expired keys are found too (see ``is_usable``)."""
     result = await session.exec(
         select(ApiKey, Customer)
         .join(Customer, col(Customer.id) == col(ApiKey.customer_id))
         .where(ApiKey.digest == digest)
     )
     row = result.first()
-    if row is None or not hashing.same_digest(row[0].digest, digest) or not is_usable(row[0], now):
-        cache.put_miss(digest, generation=generation)
-        raise InvalidApiKey()
-    key, customer = row
-    entry = KeyEntry(
-        key_id=key.id,
-        customer_id=key.customer_id,
-        expires_at=key.expires_at,
-        valid_until=cache.lifetime(now, key.expires_at),
-        name=key.name,
-        rotated=key.rotated_at is not None,
-    )
-    customer_entry = _customer_entry(customer, cache)
-    cache.put_key(digest, entry, generation=generation)
-    cache.put_customer(customer_entry, generation=generation)
-    return entry, customer_entry
+    if row is None or not hashing.same_digest(row[0].digest, digest):
+        return None
+    return row[0], row[1]
 
 
-async def _load_customer(
-    session: AsyncSession, customer_id: int, *, cache: KeyCache
-) -> CustomerEntry:
-    generation = cache.generation
-    customer = await session.get(Customer, customer_id)
-    if customer is None:  # the key's foreign key makes this unreachable; refuse all the same
-        raise InvalidApiKey()
-    entry = _customer_entry(customer, cache)
-    cache.put_customer(entry, generation=generation)
-    return entry
-
-
-def _customer_entry(customer: Customer, cache: KeyCache) -> CustomerEntry:
-    assert customer.id is not None
-    return CustomerEntry(
-        customer_id=customer.id,
-        stripe_customer_id=customer.stripe_customer_id,
-        subscription_status=customer.subscription_status,
-        past_due_since=customer.past_due_since,
-        valid_until=cache.clock() + cache.ttl_s,
-    )
+async def get_customer(session: AsyncSession, customer_id: int) -> Customer | None:
+    """The customer row, by primary key."""
+    return await session.get(Customer, customer_id)

@@ -9,7 +9,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.errors import NotFound
-from meterapi.keys import access
+from meterapi.keys import access_policy
 from meterapi.keys.service import find_customer
 from meterapi.metering.usage import usage_totals
 from meterapi.models import ApiKey, Customer
@@ -43,7 +43,7 @@ async def list_accounts(
     accounts = [
         Account(
             customer=c,
-            allowed=access.allows(c, now, grace_s),
+            allowed=access_policy.allows(c, now, grace_s),
             units_this_period=(await usage_totals(session, customer=c, now=now)).units,
             active_keys=counts.get(c.id or 0, 0),
         )
@@ -61,7 +61,7 @@ async def account(
     counts = await _active_keys(session, [customer.id], now=now)
     return Account(
         customer=customer,
-        allowed=access.allows(customer, now, grace_s),
+        allowed=access_policy.allows(customer, now, grace_s),
         units_this_period=(await usage_totals(session, customer=customer, now=now)).units,
         active_keys=counts.get(customer.id, 0),
     )

@@ -1,4 +1,6 @@
-"""Tell every process that a customer's access changed, inside the changing transaction."""
+"""When a customer's access changes, inside the changing transaction: every process's key cache
+forgets the old state (``access_changed``), and a flip either way is announced to the outbox
+(``announce_access``). Who may call at all is ``keys.access_policy``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.keys import access, invalidation
+from meterapi.keys import access_policy, invalidation
 from meterapi.models import Customer, utcnow
 from meterapi.outbound import outbox
 
@@ -25,7 +27,7 @@ class _Standing:
 
 def standing_allows(status: str | None) -> bool:
     """Access by subscription status alone, as at the moment of a past-due grace's start."""
-    return access.allows(_Standing(status), utcnow(), 0)
+    return access_policy.allows(_Standing(status), utcnow(), 0)
 
 
 async def announce_access(
