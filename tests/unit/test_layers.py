@@ -160,3 +160,26 @@ def test_the_backend_checker_sees_a_hand_written_check(tmp_path: Path) -> None:
         "bad.py:2",
         "bad.py:3",
     ]
+
+
+def _gc_calls(path: Path) -> list[str]:
+    return [
+        f"{path.name}:{node.lineno} calls gc.{node.func.attr}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "gc"
+    ]
+
+
+def test_only_the_serving_process_entrypoint_tunes_the_collector() -> None:
+    # Process-wide state: an app factory that changed it would change every app in the process.
+    wrong = [
+        found
+        for name, path in _modules()
+        if name != "meterapi.cli.serve"
+        for found in _gc_calls(path)
+    ]
+    assert wrong == []
+    assert _gc_calls(SRC / "cli" / "serve.py") != []  # the checker sees the calls that exist
