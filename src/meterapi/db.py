@@ -105,3 +105,20 @@ async def session_scope(sessionmaker: Sessionmaker) -> AsyncIterator[AsyncSessio
         except BaseException:
             await session.rollback()
             raise
+
+
+# A request's session commits once, after its endpoint (api.deps.SessionDep). Routes that must
+# commit earlier say why by calling one of these.
+
+
+async def release_before_waiting(session: AsyncSession) -> None:
+    """End the transaction now, before waiting on something slow such as Stripe: the connection
+    goes back to the pool instead of idling in a transaction while key lookups queue for one."""
+    await session.commit()
+
+
+async def commit_before_announcing(session: AsyncSession) -> None:
+    """Commit now, before other workers or processes are told to look (a background worker
+    woken, every process's key cache told): they read the database, so what they are told of
+    must be there first. The request's own commit at its end then has nothing left to do."""
+    await session.commit()

@@ -183,3 +183,24 @@ def test_only_the_serving_process_entrypoint_tunes_the_collector() -> None:
     ]
     assert wrong == []
     assert _gc_calls(SRC / "cli" / "serve.py") != []  # the checker sees the calls that exist
+
+
+def _commits(path: Path) -> list[str]:
+    return [
+        f"{path.name}:{node.lineno} calls .commit()"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "commit"
+    ]
+
+
+def test_routes_commit_early_only_through_a_helper_that_says_why() -> None:
+    # The request's session commits after the endpoint (api.deps); an earlier commit goes
+    # through db.release_before_waiting or db.commit_before_announcing.
+    web_rooms = {"api", "dashboard", "gateway"}
+    wrong = [
+        found for name, path in _modules() if _room(name) in web_rooms for found in _commits(path)
+    ]
+    assert wrong == []
+    assert _commits(SRC / "db.py") != []  # the checker sees the calls that exist

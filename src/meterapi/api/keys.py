@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from meterapi.api.deps import CustomerDep, CustomerReadDep, RuntimeDep, SessionDep
+from meterapi.db import commit_before_announcing
 from meterapi.keys import service
 from meterapi.models import ApiKey
 
@@ -158,7 +159,7 @@ async def rotate_key(
         live=runtime.keys.live,
     )
     if body.grace_seconds == 0:  # the old key ends now, as if revoked: everywhere, then answer
-        await session.commit()
+        await commit_before_announcing(session)
         await runtime.keys.propagate()
     return KeyCreated.of(key, plaintext)
 
@@ -177,7 +178,7 @@ async def revoke_key(
     key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, runtime: RuntimeDep
 ) -> Response:
     await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
-    await session.commit()
+    await commit_before_announcing(session)
     # The contract: when this returns, no worker or replica serves the key.
     await runtime.keys.propagate()
     return Response(status_code=204)
