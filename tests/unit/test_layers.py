@@ -204,3 +204,16 @@ def test_routes_commit_early_only_through_a_helper_that_says_why() -> None:
     ]
     assert wrong == []
     assert _commits(SRC / "db.py") != []  # the checker sees the calls that exist
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_two_rooms() -> None:
+    # Past ~400 lines a module is usually two jobs: split it into rooms with one job each.
+    long = {
+        name: lines
+        for name, path in _modules()
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
