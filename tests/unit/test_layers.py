@@ -13,6 +13,7 @@ RANKS: dict[str, float] = {
     "config": 0,
     "metrics": 0,
     "errors": 0,
+    "background": 0,
     "db": 1,
     "models": 1,
     "migrations": 1,
@@ -217,3 +218,25 @@ def test_no_module_is_two_rooms() -> None:
         if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def _hand_written_error_bodies(path: Path) -> list[str]:
+    return [
+        f"{path.name}:{node.lineno} writes an error body by hand"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Dict)
+        and any(isinstance(k, ast.Constant) and k.value == "error" for k in node.keys)
+    ]
+
+
+def test_error_bodies_are_rendered_in_one_place() -> None:
+    # {"error": {"code", "message"}} is spelled once, in api/errors.py; everything else raises
+    # a DomainError or calls its renderer.
+    wrong = [
+        found
+        for name, path in _modules()
+        if _room(name) != "stripe_emulator" and name != "meterapi.api.errors"
+        for found in _hand_written_error_bodies(path)
+    ]
+    assert wrong == []
+    assert _hand_written_error_bodies(SRC / "api" / "errors.py") != []

@@ -23,7 +23,6 @@ runs both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -34,6 +33,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.background import finish_or_cancel, wait_at_most
 from meterapi.billing.answers import Delivery, MeterEventResult
 from meterapi.billing.gateway import StripeGateway
 from meterapi.db import Sessionmaker
@@ -117,14 +117,9 @@ class Reporter:
         self._stop.set()
         self._wakeup.set()
         if self._task is not None:
-            try:
-                async with asyncio.timeout(flush_timeout_s):
-                    await self._task
-            except TimeoutError:
-                # Leased reports stay leased; the next start sends them under their identifier.
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            # Cancelled, leased reports stay leased; the next start sends them under their
+            # identifier.
+            await finish_or_cancel(self._task, within_s=flush_timeout_s)
             self._task = None
         try:
             async with asyncio.timeout(flush_timeout_s):
@@ -137,9 +132,9 @@ class Reporter:
         last = loop.time()  # the first cycle comes one interval after start
         while not self._stop.is_set():
             # Until woken by new usage (or a stop), but at most one interval: retries fall due.
-            await _wait(self._wakeup, self._interval_s)
+            await wait_at_most(self._wakeup, self._interval_s)
             # Let a burst of requests gather into one meter event per customer and window.
-            await _wait(self._stop, last + self._interval_s - loop.time())
+            await wait_at_most(self._stop, last + self._interval_s - loop.time())
             if self._stop.is_set():
                 return
             self._wakeup.clear()
@@ -250,11 +245,3 @@ class Reporter:
             self._metrics.reports_parked.inc()
             log.error("meter event %s parked: %s", report.identifier, outcome.reason)
         return report
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait for ``event`` at most ``seconds``."""
-    if seconds > 0 and not event.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await event.wait()
