@@ -18,7 +18,7 @@ from meterapi import PaidCaller
 from meterapi.api import data
 from meterapi.api.data import DataOut
 from meterapi.api.direct import DirectPaidRoute
-from meterapi.app import create_app as create_service
+from meterapi.cli.serve import create_served_app as create_service
 
 PATH = "/bench/authenticated"
 

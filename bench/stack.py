@@ -268,7 +268,7 @@ class Stack:
         *,
         workers: int = 1,
         port: int | None = None,
-        app: str = "meterapi.app:create_app",
+        app: str = "meterapi.cli.serve:create_served_app",  # as `meterapi serve` runs it
         **env: str,
     ) -> Proc:
         port = port or free_port()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -35,14 +34,6 @@ from meterapi.dashboard import router as dashboard_router
 from meterapi.gateway import Gateway
 from meterapi.runtime import Runtime
 
-# How many more container objects may be allocated than freed before the youngest generation is
-# collected (Python's default is 700). A paid request holds its objects while it waits for the
-# ledger's commit, and with 700 the requests in flight alone set off 10-13 young collections a
-# second at 1,700 req/s, with an older one every second and a full one now and then; at 10,000,
-# none in 15 s (docs/performance.md). A young collection's cost follows the objects alive, not
-# this number; the few reference cycles the service makes are still collected, only later.
-YOUNG_GC_THRESHOLD = 10_000
-
 
 def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter] = ()) -> FastAPI:
     """Build the service. Settings are read from the environment only when none are given.
@@ -61,19 +52,9 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         await runtime.start()
         if gateway is not None:
             await gateway.start()
-        # Everything alive now (modules, the app, pools, caches) lives as long as the process:
-        # keep it out of the collector's full passes. Without this, under load each full
-        # collection walked ~130,000 objects for tens of milliseconds, about once a second on
-        # the metered path, and showed up as p99 latency and lost throughput (docs/performance.md).
-        gc.collect()
-        gc.freeze()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
         try:
             yield
         finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()  # what this app pinned can be collected again once it is gone
             try:
                 if gateway is not None:
                     await gateway.close()

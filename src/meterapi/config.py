@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_first_retry_s: float = Field(default=5.0, gt=0, le=10)
     webhook_poll_s: float = Field(default=1.0, gt=0, le=1)
+    # `meterapi serve` only: tune the process's garbage collector once the service has started.
+    gc_tuning: bool = True
 
     @field_validator("cors_origins", "routers", "trusted_proxies", mode="before")
     @classmethod
@@ -199,10 +201,6 @@ class Settings(BaseSettings):
     def emulator_mode(self) -> bool:
         """No Stripe key: run against the built-in Stripe emulator; no real money moves."""
         return self.stripe_secret_key is None
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith("postgresql")
 
     def pepper_bytes(self) -> bytes:
         """The key pepper; in emulator mode a fixed development pepper stands in for it."""

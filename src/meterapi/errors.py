@@ -73,12 +73,6 @@ class NotFound(DomainError):
     message = "Not found."
 
 
-class MethodNotAllowed(DomainError):
-    status_code = 405
-    code = "method_not_allowed"
-    message = "Method not allowed."
-
-
 class PayloadTooLarge(DomainError):
     status_code = 413
     code = "payload_too_large"

@@ -11,9 +11,9 @@ from sqlalchemy import event, func, text
 from sqlmodel import col, select
 
 from meterapi.db import Sessionmaker
-from meterapi.metering import reporter
+from meterapi.metering import claim
+from meterapi.metering.claim import claim_unreported, make_identifier
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
-from meterapi.metering.reporter import claim_unreported, make_identifier
 from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport
 
@@ -230,11 +230,9 @@ async def test_the_claim_walks_the_unreported_index_in_order(sessionmaker: Sessi
     async with sessionmaker() as session:
         connection = await session.connection()
         await connection.execute(text("ANALYZE usage_event"))
-        await connection.execute(reporter._PG_SCAN_ONLY, {"on": "off"})
+        await connection.execute(claim._PG_SCAN_ONLY, {"on": "off"})
         plan = (
-            await connection.execute(
-                text("EXPLAIN " + reporter._PG_CLAIM.element.text), {"limit": 10}
-            )
+            await connection.execute(text("EXPLAIN " + claim._PG_CLAIM.element.text), {"limit": 10})
         ).scalars()
         assert any("Index Scan using ix_usage_event_unreported" in line for line in plan)
 

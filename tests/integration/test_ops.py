@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import httpx
 import pytest
 
-from meterapi.app import YOUNG_GC_THRESHOLD, create_app
+from meterapi.app import create_app
 from tests.conftest import make_settings
 
 
@@ -99,12 +98,3 @@ async def test_the_openapi_document_describes_the_error_shape(client: httpx.Asyn
     assert validation["required"] == ["error"]
     assert validation["properties"]["error"]["required"] == ["code", "message"]
     assert "ValidationError" not in schemas
-
-
-async def test_the_collector_is_tuned_while_the_app_runs_and_restored_after(db_url: str) -> None:
-    before = gc.get_threshold()
-    app = create_app(make_settings(db_url))
-    async with app.router.lifespan_context(app):
-        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *before[1:])
-        assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == before

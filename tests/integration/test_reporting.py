@@ -10,7 +10,8 @@ import stripe
 from sqlmodel import col, select
 
 from meterapi.db import make_engine, make_sessionmaker
-from meterapi.metering.reporter import claim_unreported, lease_due
+from meterapi.metering.claim import claim_unreported
+from meterapi.metering.reporter import lease_due
 from meterapi.models import Customer, ReportStatus, UsageReport, utcnow
 from meterapi.stripe_emulator import EmulatorControl
 from tests.integration.conftest import Billing, new_customer, record, statuses, stripe_total
@@ -161,7 +162,7 @@ async def test_a_backlog_larger_than_one_claim_is_sent_in_one_cycle(
 ) -> None:
     from sqlalchemy import insert
 
-    from meterapi.metering.reporter import CLAIM_BATCH
+    from meterapi.metering.claim import CLAIM_BATCH
     from meterapi.models import UsageEvent
 
     customer_id, cus = await new_customer(billing, stripe_sdk)

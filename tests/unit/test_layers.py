@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "meterapi"
 RANKS: dict[str, float] = {
     "config": 0,
     "metrics": 0,
+    "background": 0,
     "errors": 0,
     "db": 1,
     "models": 1,
@@ -233,3 +234,135 @@ def test_no_dead_dependency_aliases_or_key_constants() -> None:
                     defined.append(target.id)
     assert defined
     assert [name for name in defined if _word_count(name) < 2] == []
+
+
+def _backend_checks(path: Path) -> list[str]:
+    """Places that tell the database backends apart by hand instead of calling db.is_postgres."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "name"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "dialect"
+        ):
+            found.append(f"{path.name}:{node.lineno} reads dialect.name")
+        elif isinstance(node, ast.Compare | ast.Call) and any(
+            isinstance(c, ast.Constant) and c.value in {"postgresql", "sqlite"}
+            for c in ast.walk(node)
+            if isinstance(node, ast.Compare) or _is_startswith(node)
+        ):
+            found.append(f"{path.name}:{node.lineno} compares a backend name")
+    return found
+
+
+def _is_startswith(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "startswith"
+    )
+
+
+def test_the_backend_is_told_apart_in_db_only() -> None:
+    wrong = [
+        found
+        for name, path in _modules()
+        if name != "meterapi.db" and _room(name) != "stripe_emulator"
+        for found in _backend_checks(path)
+    ]
+    assert wrong == []
+
+
+def test_the_backend_checker_sees_a_hand_written_check(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "a = session.get_bind().dialect.name\n"
+        "b = url.startswith('postgresql')\n"
+        "c = name == 'sqlite'\n"
+        "d = BigInteger().with_variant(Integer(), 'sqlite')\n"
+    )
+    assert [f.split(" ", 1)[0] for f in _backend_checks(bad)] == [
+        "bad.py:1",
+        "bad.py:2",
+        "bad.py:3",
+    ]
+
+
+def _gc_calls(path: Path) -> list[str]:
+    return [
+        f"{path.name}:{node.lineno} calls gc.{node.func.attr}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "gc"
+    ]
+
+
+def test_only_the_serving_process_entrypoint_tunes_the_collector() -> None:
+    # Process-wide state: an app factory that changed it would change every app in the process.
+    wrong = [
+        found
+        for name, path in _modules()
+        if name != "meterapi.cli.serve"
+        for found in _gc_calls(path)
+    ]
+    assert wrong == []
+    assert _gc_calls(SRC / "cli" / "serve.py") != []  # the checker sees the calls that exist
+
+
+def _commits(path: Path) -> list[str]:
+    return [
+        f"{path.name}:{node.lineno} calls .commit()"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "commit"
+    ]
+
+
+def test_routes_commit_early_only_through_a_helper_that_says_why() -> None:
+    # The request's session commits after the endpoint (api.deps); an earlier commit goes
+    # through db.release_before_waiting or db.commit_before_announcing.
+    web_rooms = {"api", "dashboard", "gateway"}
+    wrong = [
+        found for name, path in _modules() if _room(name) in web_rooms for found in _commits(path)
+    ]
+    assert wrong == []
+    assert _commits(SRC / "db.py") != []  # the checker sees the calls that exist
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_two_rooms() -> None:
+    # Past ~400 lines a module is usually two jobs: split it into rooms with one job each.
+    long = {
+        name: lines
+        for name, path in _modules()
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def _hand_written_error_bodies(path: Path) -> list[str]:
+    return [
+        f"{path.name}:{node.lineno} writes an error body by hand"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Dict)
+        and any(isinstance(k, ast.Constant) and k.value == "error" for k in node.keys)
+    ]
+
+
+def test_error_bodies_are_rendered_in_one_place() -> None:
+    # {"error": {"code", "message"}} is spelled once, in api/errors.py; everything else raises
+    # a DomainError or calls its renderer.
+    wrong = [
+        found
+        for name, path in _modules()
+        if _room(name) != "stripe_emulator" and name != "meterapi.api.errors"
+        for found in _hand_written_error_bodies(path)
+    ]
+    assert wrong == []
+    assert _hand_written_error_bodies(SRC / "api" / "errors.py") != []

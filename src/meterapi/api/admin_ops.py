@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from meterapi.api.admin import ADMIN_ERRORS, Limit
 from meterapi.api.deps import ADMIN_DEPENDENCIES, GatewayDep, PriceIdDep, RuntimeDep, SessionDep
 from meterapi.billing import webhooks
+from meterapi.db import commit_before_announcing
 from meterapi.errors import ValidationFailed
 from meterapi.metering import reports
 from meterapi.metering.reconcile import Reconciler
@@ -139,7 +140,7 @@ async def retry_report(
 ) -> ReportOut:
     report = await reports.retry_parked(session, report_id=report_id)
     out = ReportOut.of(report)
-    await session.commit()
+    await commit_before_announcing(session)
     runtime.reporter.wake()
     return out
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from meterapi.api.admin import ADMIN_ERRORS, Limit, StripeId
 from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
+from meterapi.db import commit_before_announcing
 from meterapi.outbound import outbox
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
@@ -98,6 +99,6 @@ async def retry_outbound(
     event_id: OutboundIdPath, session: SessionDep, runtime: RuntimeDep
 ) -> OutboundEventOut:
     entry = await outbox.retry(session, event_id=event_id)
-    await session.commit()
+    await commit_before_announcing(session)
     runtime.outbound.wake()
     return OutboundEventOut.of(entry)

@@ -17,6 +17,7 @@ from meterapi.api.deps import (
 )
 from meterapi.billing import checkout
 from meterapi.billing.claim import claim_token
+from meterapi.db import release_before_waiting
 from meterapi.errors import NotFound
 from meterapi.models import Customer
 
@@ -101,6 +102,6 @@ async def create_portal(
     customer = await session.get(Customer, caller.customer_id)
     if customer is None:
         raise NotFound()
-    await session.commit()  # the connection goes back to the pool before Stripe is asked
+    await release_before_waiting(session)  # before Stripe is asked
     url = await checkout.open_portal(gateway, settings=settings, customer=customer)
     return PortalOut(url=url)

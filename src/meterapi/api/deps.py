@@ -50,7 +50,7 @@ async def get_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_gateway(runtime: RuntimeDep) -> StripeGateway:
+async def get_gateway(runtime: RuntimeDep) -> StripeGateway:
     return runtime.gateway
 
 

@@ -48,9 +48,14 @@ def _describe(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "The request is malformed."
 
 
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    """A domain error in the one error shape, with its status and headers."""
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    return domain_error_response(exc)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -15,6 +15,7 @@ from meterapi.api.deps import (
     KeyPolicyDep,
     SessionDep,
 )
+from meterapi.db import commit_before_announcing
 from meterapi.keys import service
 from meterapi.models import ApiKey
 
@@ -165,7 +166,7 @@ async def rotate_key(
         live=policy.live,
     )
     if body.grace_seconds == 0:  # the old key ends now, as if revoked: everywhere, then answer
-        await session.commit()
+        await commit_before_announcing(session)
         await keys.propagate()
     return KeyCreated.of(key, plaintext)
 
@@ -184,7 +185,7 @@ async def revoke_key(
     key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, keys: KeyGuardDep
 ) -> Response:
     await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
-    await session.commit()
+    await commit_before_announcing(session)
     # The contract: when this returns, no worker or replica serves the key.
     await keys.propagate()
     return Response(status_code=204)

@@ -10,15 +10,15 @@ sending makes the client's TCP stack see a reset, not the 413. A client that ask
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meterapi.api.errors import domain_error_response
+from meterapi.errors import PayloadTooLarge
 
 # How much of a refused body is read (and discarded) so the client sees the 413: a multiple
 # of the limit, beyond which the connection is simply closed after the answer.
 DRAIN_FACTOR = 16
-MESSAGE = "The request body is too large."
 
 
 class BodyTooLarge(HTTPException):
@@ -29,11 +29,7 @@ class BodyTooLarge(HTTPException):
     """
 
     def __init__(self) -> None:
-        super().__init__(status_code=413, detail=MESSAGE)
-
-
-def _too_large_body() -> bytes:
-    return json.dumps({"error": {"code": "payload_too_large", "message": MESSAGE}}).encode()
+        super().__init__(status_code=PayloadTooLarge.status_code, detail=PayloadTooLarge.message)
 
 
 class BodySizeLimit:
@@ -56,7 +52,7 @@ class BodySizeLimit:
                 fits = value.isdigit() and int(value) <= self.max_bytes * DRAIN_FACTOR
                 if fits and not expects_continue:
                     await self._drain(receive, 0)
-                await _reject(send, close=not fits)
+                await _reject(scope, receive, send, close=not fits)
                 return
         received = 0
         exceeded = False
@@ -90,7 +86,7 @@ class BodySizeLimit:
             if not response_started:
                 if not drained:
                     drained = await self._drain(receive, received)
-                await _reject(send, close=not drained)
+                await _reject(scope, receive, send, close=not drained)
 
     async def _drain(self, receive: Receive, received: int) -> bool:
         """Read the rest of the body and discard it; False if it was too much to read."""
@@ -104,13 +100,8 @@ class BodySizeLimit:
         return False
 
 
-async def _reject(send: Send, *, close: bool = False) -> None:
-    body = _too_large_body()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
+async def _reject(scope: Scope, receive: Receive, send: Send, *, close: bool = False) -> None:
+    response = domain_error_response(PayloadTooLarge())
     if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["connection"] = "close"
+    await response(scope, receive, send)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from meterapi.api.deps import RuntimeDep
 from meterapi.api.errors import error_response
-from meterapi.metering.reporter import pending_stats
+from meterapi.metering.reports import pending_stats
 from meterapi.metrics import CONTENT_TYPE
 from meterapi.models import utcnow
 

@@ -30,7 +30,6 @@ The contract, for routes and for anything else that answers paid requests (the g
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -39,6 +38,7 @@ from fastapi import Depends, Request, Security
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterapi.api.deps import ApiKeyAuth, require_api_key
+from meterapi.api.errors import domain_error_response
 from meterapi.errors import UsageNotRecorded
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metrics import Counter
@@ -155,8 +155,7 @@ class ResponseWithdrawn(Exception):
 
 
 def _unavailable_body() -> bytes:
-    error = UsageNotRecorded()
-    return json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+    return bytes(domain_error_response(UsageNotRecorded()).body)
 
 
 _UNAVAILABLE = _unavailable_body()

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.api.deps import CustomerReadDep, RuntimeDep, SessionDep
+from meterapi.db import release_before_waiting
 from meterapi.errors import NotFound
 from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, utcnow
@@ -62,9 +63,7 @@ async def get_usage(caller: CustomerReadDep, session: SessionDep, runtime: Runti
 async def usage_of(customer: Customer, *, session: AsyncSession, runtime: Runtime) -> UsageOut:
     """One customer's usage as ``GET /v1/usage`` shows it (the operator API shows it too)."""
     totals = await usage_totals(session, customer=customer, now=utcnow())
-    # Hand the connection back before waiting on Stripe: a slow Stripe must not hold the pool
-    # that key lookups need.
-    await session.commit()
+    await release_before_waiting(session)  # a slow Stripe must not hold the pool
     invoice = await runtime.invoices.get(customer, reported_units=totals.reported_units)
     return UsageOut(
         customer_id=customer.stripe_customer_id,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from meterapi.billing.gateway import CheckoutLink, StripeGateway
+from meterapi.billing.answers import CheckoutLink
+from meterapi.billing.gateway import StripeGateway
 from meterapi.config import Settings
 from meterapi.errors import BillingNotConfigured
 from meterapi.models import Customer

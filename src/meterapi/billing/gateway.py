@@ -1,22 +1,23 @@
 """The one door to Stripe: the only module that imports ``stripe``.
 
-Everything else asks this gateway and gets plain values or ``DomainError``s back, so the rest of
-the service never depends on the SDK's types, and the emulator or real Stripe sit behind one URL.
+Everything else asks this gateway and gets plain values (``billing.answers``) or ``DomainError``s
+back, so the rest of the service never depends on the SDK's types, and the emulator or real
+Stripe sit behind one URL.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any, cast
 
 import stripe
 
+from meterapi.billing.answers import CheckoutLink, Delivery, MeterEventResult
+from meterapi.billing.event_shape import NOT_AN_EVENT, is_event
+from meterapi.billing.expiring import ExpiringSet
 from meterapi.config import EMULATOR_KEY, Settings
 from meterapi.errors import (
     BillingNotConfigured,
@@ -35,21 +36,6 @@ WEBHOOK_TOLERANCE_S = 300
 EMULATOR_WEBHOOK_SECRET = "whsec_meterapi_emulator_development_only"  # noqa: S105 (public by design)
 
 
-class Delivery(StrEnum):
-    """What became of one meter event."""
-
-    ACCEPTED = "accepted"  # Stripe answered 2xx
-    DUPLICATE = "duplicate"  # Stripe already holds this identifier: the event counts once
-    RETRY = "retry"  # 5xx, 429, timeout, connection or auth trouble: send the same event again
-    REJECTED = "rejected"  # a validation error: sending it again cannot succeed
-
-
-@dataclass(frozen=True)
-class MeterEventResult:
-    delivery: Delivery
-    reason: str | None = None
-
-
 def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
     # Stripe refuses a repeated identifier with 400; the code is not documented, the message is.
     return exc.code == "duplicate_meter_event" or "already exists with identifier" in str(
@@ -58,37 +44,6 @@ def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
 
 
 UNKNOWN_SESSION_TTL_S = 60.0
-
-
-class ExpiringSet:
-    """Strings remembered for ``ttl_s`` seconds; the oldest go first when ``max_size`` is hit."""
-
-    def __init__(self, *, ttl_s: float, max_size: int) -> None:
-        self.ttl_s, self.max_size = ttl_s, max_size
-        self._until: dict[str, float] = {}  # insertion order = expiry order
-
-    def add(self, value: str) -> None:
-        self._until.pop(value, None)
-        while len(self._until) >= self.max_size:
-            del self._until[next(iter(self._until))]
-        self._until[value] = time.monotonic() + self.ttl_s
-
-    def holds(self, value: str) -> bool:
-        until = self._until.get(value)
-        if until is None:
-            return False
-        if until <= time.monotonic():
-            del self._until[value]
-            return False
-        return True
-
-
-@dataclass(frozen=True)
-class CheckoutLink:
-    """A new Checkout Session: its id and the hosted page to send the customer to."""
-
-    id: str
-    url: str
 
 
 def _domain_error(exc: stripe.StripeError, what: str) -> Exception:
@@ -100,29 +55,6 @@ def _domain_error(exc: stripe.StripeError, what: str) -> Exception:
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError | stripe.CardError):
         return StripeRejected(f"Stripe refused the {what} request ({exc.http_status}).")
     return StripeUnavailable()
-
-
-NOT_AN_EVENT = "The webhook body is not a Stripe event."
-# Event times a datetime can hold, whatever the zone: 1970 to the end of year 9998.
-_LATEST_EVENT_TIME = 253_370_764_800
-
-
-def _is_event(value: Any) -> bool:
-    """The shape every handler relies on: an object with id, type, created and data.object."""
-    if not isinstance(value, dict):
-        return False
-    created = value.get("created")
-    data = value.get("data")
-    return (
-        isinstance(value.get("id"), str)
-        and bool(value["id"])
-        and isinstance(value.get("type"), str)
-        and isinstance(created, int)
-        and not isinstance(created, bool)
-        and 0 <= created < _LATEST_EVENT_TIME
-        and isinstance(data, dict)
-        and isinstance(data.get("object"), dict)
-    )
 
 
 def _reason(exc: stripe.StripeError) -> str:
@@ -372,7 +304,7 @@ class StripeGateway:
             event = json.loads(text)
         except ValueError as exc:
             raise InvalidSignature(NOT_AN_EVENT) from exc
-        if not _is_event(event):
+        if not is_event(event):
             raise InvalidSignature(NOT_AN_EVENT)
         return cast(dict[str, Any], event)
 

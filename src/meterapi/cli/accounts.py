@@ -9,7 +9,7 @@ from typing import Any
 
 from meterapi import migrations
 from meterapi.billing.gateway import StripeGateway
-from meterapi.cli.common import run_printing
+from meterapi.cli.common import command_engine, run_printing
 from meterapi.config import Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import heartbeat
@@ -125,17 +125,14 @@ def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     async def revoke() -> str:
-        engine = make_engine(settings.database_url)
-        try:
+        async with command_engine(settings) as engine:
             async with session_scope(make_sessionmaker(engine)) as session:
                 key = await key_service.revoke(
                     session, key_id=args.key_id, customer_id=None, allow_last=args.force
                 )
             # Committed; return once no running process can serve the key any more.
             await heartbeat.await_acknowledged(engine)
-            log.info("revoked key %s", key.id)
-            return f"revoked {key.id}"
-        finally:
-            await engine.dispose()
+        log.info("revoked key %s", key.id)
+        return f"revoked {key.id}"
 
     return run_printing(revoke)

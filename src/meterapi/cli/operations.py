@@ -10,9 +10,9 @@ from typing import Any
 
 from meterapi.billing import webhooks
 from meterapi.billing.gateway import StripeGateway
-from meterapi.cli.common import run_printing
+from meterapi.cli.common import command_engine, command_session, run_printing
 from meterapi.config import Settings
-from meterapi.db import make_engine, make_sessionmaker, session_scope
+from meterapi.db import make_sessionmaker
 from meterapi.errors import DomainError, ValidationFailed
 from meterapi.keys import service as key_service
 from meterapi.metering import limits, reconcile_report
@@ -76,15 +76,15 @@ def _usage_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     progress = reconcile_report.Progress(sys.stderr)
 
     async def run() -> list[Drift]:
-        engine = make_engine(settings.database_url)
         gateway = StripeGateway(settings)
         try:
-            reconciler = Reconciler(make_sessionmaker(engine), gateway, on_progress=progress.update)
-            return await reconciler.run(start=args.start, end=args.end)
+            async with command_engine(settings) as engine:
+                sessions = make_sessionmaker(engine)
+                reconciler = Reconciler(sessions, gateway, on_progress=progress.update)
+                return await reconciler.run(start=args.start, end=args.end)
         finally:
             progress.close()
             await gateway.close()
-            await engine.dispose()
 
     try:
         rows = asyncio.run(run())
@@ -115,21 +115,15 @@ def _limits_set(args: argparse.Namespace, settings: Settings) -> int:
         return int(value)
 
     async def apply() -> str:
-        engine = make_engine(settings.database_url)
-        try:
-            async with session_scope(make_sessionmaker(engine)) as session:
-                customer = await key_service.find_customer(
-                    session, stripe_customer_id=args.customer
-                )
-                assert customer.id is not None
-                row = await limits.set_limits(
-                    session,
-                    customer_id=customer.id,
-                    rate_limit=rate(args.rate),
-                    monthly_spend_cap=cap(args.spend_cap),
-                )
-        finally:
-            await engine.dispose()
+        async with command_session(settings) as session:
+            customer = await key_service.find_customer(session, stripe_customer_id=args.customer)
+            assert customer.id is not None
+            row = await limits.set_limits(
+                session,
+                customer_id=customer.id,
+                rate_limit=rate(args.rate),
+                monthly_spend_cap=cap(args.spend_cap),
+            )
         shown_rate = (row.rate_limit or "none") if row.rate_limit_set else "default"
         shown_cap = "none" if row.monthly_spend_cap is None else str(row.monthly_spend_cap)
         return f"{args.customer}: rate limit {shown_rate}, monthly spend cap {shown_cap}"
@@ -139,16 +133,14 @@ def _limits_set(args: argparse.Namespace, settings: Settings) -> int:
 
 def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
     async def replay() -> str:
-        engine = make_engine(settings.database_url)
         gateway = StripeGateway(settings)
         try:
-            async with session_scope(make_sessionmaker(engine)) as session:
+            async with command_session(settings) as session:
                 receipts = await webhooks.replay_unprocessed(
                     session, gateway=gateway, price_id=settings.stripe_price_id
                 )
         finally:
             await gateway.close()
-            await engine.dispose()
         failing = (webhooks.Outcome.FAILED, webhooks.Outcome.FAILED_PERMANENTLY)
         failed = sum(r.outcome in failing for r in receipts)
         return f"replayed {len(receipts)} stored event(s); {failed} still failing"
@@ -158,17 +150,10 @@ def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def _outbound_list(args: argparse.Namespace, settings: Settings) -> int:
     async def listing() -> str:
-        engine = make_engine(settings.database_url)
-        try:
-            async with session_scope(make_sessionmaker(engine)) as session:
-                events, has_more = await outbox.list_events(
-                    session,
-                    status=args.status,
-                    limit=args.limit,
-                    starting_after=args.starting_after,
-                )
-        finally:
-            await engine.dispose()
+        async with command_session(settings) as session:
+            events, has_more = await outbox.list_events(
+                session, status=args.status, limit=args.limit, starting_after=args.starting_after
+            )
         header = f"{'ID':<36}  {'TYPE':<27}  {'CUSTOMER':<20}  {'STATUS':<9}  TRIES"
         lines = [header + f"  {'CREATED':<20}  ERROR"]
         lines += [
@@ -185,12 +170,8 @@ def _outbound_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _outbound_retry(args: argparse.Namespace, settings: Settings) -> int:
     async def retry() -> str:
-        engine = make_engine(settings.database_url)
-        try:
-            async with session_scope(make_sessionmaker(engine)) as session:
-                event = await outbox.retry(session, event_id=args.event_id)
-        finally:
-            await engine.dispose()
+        async with command_session(settings) as session:
+            event = await outbox.retry(session, event_id=args.event_id)
         return f"{event.id} will be sent again (a running service picks it up within a second)"
 
     return run_printing(retry)

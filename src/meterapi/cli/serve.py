@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+
+from fastapi import FastAPI
 
 from meterapi import emulator_mode, migrations
 from meterapi.app import create_app
@@ -21,6 +24,15 @@ WORKER_STARTUP_TIMEOUT_S = 60
 
 # Libraries that log every request at INFO; their lines would bury what the service says.
 QUIET_LOGGERS = ("stripe", "httpx", "httpcore", "hpack", "asyncio", "aiosqlite", "alembic")
+
+# How many more container objects may be allocated than freed before the youngest generation is
+# collected (Python's default is 700). A paid request holds its objects while it waits for the
+# ledger's commit, and with 700 the requests in flight alone set off 10-13 young collections a
+# second at 1,700 req/s, with an older one every second and a full one now and then; at 10,000,
+# none in 15 s (docs/performance.md). A young collection's cost follows the objects alive, not
+# this number; the few reference cycles the service makes are still collected, only later.
+YOUNG_GC_THRESHOLD = 10_000
+SERVED_APP = "meterapi.cli.serve:create_served_app"
 
 
 def register(commands: Any) -> None:
@@ -90,11 +102,49 @@ def _shared_metrics(workers: int) -> Iterator[None]:
             os.environ.pop(MULTIPROCESS_DIR_ENV, None)
 
 
+def create_served_app() -> FastAPI:
+    """The app as ``meterapi serve`` runs it in each worker process: ``create_app`` with the
+    settings of the environment, and the process's collector tuned once the service has started
+    (``METERAPI_GC_TUNING``)."""
+    settings = Settings()
+    app = create_app(settings)
+    if settings.gc_tuning:
+        tune_gc_once_started(app)
+    return app
+
+
+def tune_gc_once_started(app: FastAPI) -> None:
+    """Once ``app`` has started, tune this process's garbage collector, for the process's life.
+
+    Process-wide, so the serving process's entrypoint does it, never ``create_app``: two apps
+    in one process (tests, an embedding program) would otherwise change each other's collector.
+    """
+    started = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
+        async with started(app_) as state:
+            _tune_gc()
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
+def _tune_gc() -> None:
+    # Everything alive now (modules, the app, pools, caches) lives as long as the process: keep
+    # it out of the collector's full passes. Without this, under load each full collection
+    # walked ~130,000 objects for tens of milliseconds, about once a second on the metered path,
+    # and showed up as p99 latency and lost throughput (docs/performance.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # the server is only needed by this command
 
     uvicorn.run(
-        "meterapi.app:create_app",
+        SERVED_APP,  # imported in each worker process
         factory=True,
         host=args.host,
         port=args.port,

@@ -9,10 +9,10 @@ connections to this origin only.
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from meterapi.dashboard.assets import serve_listed
-from meterapi.dashboard.pages import PAGE_HEADERS, STATIC
+from meterapi.dashboard.pages import STATIC, html_page
 
 ASSETS = {
     "admin.css": "text/css; charset=utf-8",
@@ -25,9 +25,7 @@ router = APIRouter(include_in_schema=False)
 @router.get("/admin")
 async def admin_page() -> Response:
     """Customers, keys, limits, parked reports, failed Stripe events, reconciliation."""
-    return FileResponse(
-        STATIC / "admin.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
-    )
+    return html_page("admin.html")
 
 
 @router.get("/admin/assets/{name}")

@@ -47,13 +47,16 @@ PAGE_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+def html_page(name: str) -> Response:
+    """One of the static HTML pages, with the headers every page carries."""
+    return FileResponse(STATIC / name, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
 @router.get("/dashboard")
 @router.get("/dashboard/")
 async def dashboard() -> Response:
     """The customer dashboard: subscribe, see the new key once, usage, invoice, keys, billing."""
-    return FileResponse(
-        STATIC / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
-    )
+    return html_page("index.html")
 
 
 @router.get("/dashboard/assets/{name}")

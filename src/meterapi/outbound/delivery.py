@@ -28,7 +28,6 @@ to its three days; other customers' events are not held back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
@@ -45,6 +44,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from standardwebhooks.webhooks import Webhook
 
 from meterapi import __version__
+from meterapi.background import finish_or_cancel, wait_at_most
 from meterapi.db import Sessionmaker
 from meterapi.metrics import Metrics
 from meterapi.models import OutboundEvent, OutboundStatus, utcnow
@@ -231,13 +231,7 @@ class Deliverer:
         self._stop.set()
         self._wakeup.set()
         if self._task is not None:
-            try:
-                async with asyncio.timeout(grace_s):
-                    await self._task
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await finish_or_cancel(self._task, within_s=grace_s)
             self._task = None
         if self._client is not None:
             await self._client.aclose()
@@ -258,9 +252,7 @@ class Deliverer:
                     log.error("outbound delivery round failed: %s: %s", type(exc).__name__, exc)
             if not busy:  # a full round may have unblocked a customer's next event: go on
                 wait = self.poll_s if self.enabled else HOUSEKEEPING_EVERY_S
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._wakeup.wait()
+                await wait_at_most(self._wakeup, wait)
             self._wakeup.clear()
 
     async def _housekeeping(self) -> None:
