@@ -200,10 +200,6 @@ class Settings(BaseSettings):
         """No Stripe key: run against the built-in Stripe emulator; no real money moves."""
         return self.stripe_secret_key is None
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith("postgresql")
-
     def pepper_bytes(self) -> bytes:
         """The key pepper; in emulator mode a fixed development pepper stands in for it."""
         if self.key_pepper is not None:

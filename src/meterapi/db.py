@@ -2,22 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.sql.dml import Insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 Sessionmaker = async_sessionmaker[AsyncSession]
+# Whatever knows which database it talks to: a URL, an engine, a connection, a session, a dialect.
+Bind = str | Dialect | AsyncSession | AsyncEngine | AsyncConnection | Engine | Connection
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
+def is_postgres(bind: Bind) -> bool:
+    """True for PostgreSQL, False for SQLite: the one place the backend is told apart."""
+    return _dialect_name(bind) == "postgresql"
+
+
+def _dialect_name(bind: Bind) -> str:
+    if isinstance(bind, Dialect):
+        return bind.name
+    if isinstance(bind, str):
+        return make_url(bind).get_backend_name()
+    if isinstance(bind, AsyncSession):
+        return bind.get_bind().dialect.name
+    return bind.dialect.name
+
+
+def insert_or_ignore(
+    session: AsyncSession, table: Table, values: dict[str, Any], *, conflict: Sequence[str]
+) -> Insert:
+    """``INSERT … ON CONFLICT (conflict) DO NOTHING`` for the session's backend.
+
+    On PostgreSQL a concurrent insert of the same key waits for the other transaction and then
+    does nothing, so exactly one of several racing writers inserts the row.
+    """
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    return insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -27,7 +59,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     (key names, ids, emails) in their text, and so into any traceback that is logged.
     """
     kwargs.setdefault("hide_parameters", True)
-    if is_sqlite(url):
+    if not is_postgres(url):
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )

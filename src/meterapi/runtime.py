@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterapi.billing.gateway import StripeGateway
 from meterapi.billing.public_limit import PublicRateLimit
 from meterapi.config import Settings
-from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
+from meterapi.db import Sessionmaker, is_postgres, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
@@ -47,7 +47,7 @@ class Runtime:
         # The ledger writes through its own small pool: billable writes never queue behind
         # requests that hold the main pool's connections.
         url = settings.database_url
-        ledger_engine = make_engine(url) if is_sqlite(url) else make_engine(url, **LEDGER_POOL)
+        ledger_engine = make_engine(url, **LEDGER_POOL) if is_postgres(url) else make_engine(url)
         metrics = Metrics()
         gateway = StripeGateway(settings)
         reporter = Reporter(

@@ -107,3 +107,56 @@ def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from meterapi.api.deps import SessionDep\nimport fastapi\n")
     assert _imports(bad) == ["meterapi.api.deps", "fastapi"]
+
+
+def _backend_checks(path: Path) -> list[str]:
+    """Places that tell the database backends apart by hand instead of calling db.is_postgres."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "name"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "dialect"
+        ):
+            found.append(f"{path.name}:{node.lineno} reads dialect.name")
+        elif isinstance(node, ast.Compare | ast.Call) and any(
+            isinstance(c, ast.Constant) and c.value in {"postgresql", "sqlite"}
+            for c in ast.walk(node)
+            if isinstance(node, ast.Compare) or _is_startswith(node)
+        ):
+            found.append(f"{path.name}:{node.lineno} compares a backend name")
+    return found
+
+
+def _is_startswith(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "startswith"
+    )
+
+
+def test_the_backend_is_told_apart_in_db_only() -> None:
+    wrong = [
+        found
+        for name, path in _modules()
+        if name != "meterapi.db" and _room(name) != "stripe_emulator"
+        for found in _backend_checks(path)
+    ]
+    assert wrong == []
+
+
+def test_the_backend_checker_sees_a_hand_written_check(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "a = session.get_bind().dialect.name\n"
+        "b = url.startswith('postgresql')\n"
+        "c = name == 'sqlite'\n"
+        "d = BigInteger().with_variant(Integer(), 'sqlite')\n"
+    )
+    assert [f.split(" ", 1)[0] for f in _backend_checks(bad)] == [
+        "bad.py:1",
+        "bad.py:2",
+        "bad.py:3",
+    ]

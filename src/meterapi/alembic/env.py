@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import meterapi.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from meterapi.db import make_engine
+from meterapi.db import is_postgres, make_engine
 
 target_metadata = SQLModel.metadata
 
@@ -18,7 +18,7 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=not is_postgres(connection),
         compare_type=True,
     )
 

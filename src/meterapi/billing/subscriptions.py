@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.access import access_changed, announce_access
 from meterapi.billing.gateway import StripeGateway
-from meterapi.billing.sql import insert_or_ignore
+from meterapi.db import insert_or_ignore
 from meterapi.errors import CheckoutIncomplete
 from meterapi.models import (
     CheckoutSession,

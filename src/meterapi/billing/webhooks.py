@@ -30,7 +30,6 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
-from meterapi.billing.sql import insert_or_ignore
 from meterapi.billing.subscriptions import (
     object_id,
     provision_from_checkout,
@@ -38,6 +37,7 @@ from meterapi.billing.subscriptions import (
     stripe_time,
     sync_subscription,
 )
+from meterapi.db import insert_or_ignore
 from meterapi.errors import (
     DomainError,
     EventAlreadyProcessed,

@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meterapi.db import is_postgres
 from meterapi.models import CacheRevision, ProcessHeartbeat, utcnow
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ _REVISION = CacheRevision.__table__  # type: ignore[attr-defined]
 
 def _now(connection: AsyncConnection) -> Any:
     """The time rows are stamped and judged with: PostgreSQL's clock, or ours on SQLite."""
-    return func.now() if connection.dialect.name == "postgresql" else utcnow()
+    return func.now() if is_postgres(connection) else utcnow()
 
 
 class Heartbeat:

@@ -46,7 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.db import Sessionmaker, make_engine
+from meterapi.db import Sessionmaker, is_postgres, make_engine
 from meterapi.keys import heartbeat
 from meterapi.keys.cache import KeyCache
 
@@ -98,7 +98,7 @@ async def bump(
         key_ids=(key_id,) if key_id is not None else (),
         customer_ids=(customer_id,) if customer_id is not None else (),
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         await connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": change.payload()})
     session.info.setdefault(_PENDING_INFO, []).append(change)
     return int(revision)
@@ -146,7 +146,7 @@ class Invalidator:
         trust_s: float = heartbeat.TRUST_S,
     ) -> None:
         self.cache = cache
-        self.listen = database_url.startswith("postgresql")
+        self.listen = is_postgres(database_url)
         self._dsn = asyncpg_dsn(database_url) if self.listen else ""
         self.engine = (
             make_engine(database_url, pool_size=1, max_overflow=1)

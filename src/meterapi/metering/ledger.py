@@ -36,7 +36,7 @@ import asyncpg
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterapi.db import Sessionmaker
+from meterapi.db import Sessionmaker, is_postgres
 from meterapi.models import UsageEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class UsageRecorder:
         self._queue: list[tuple[Usage, asyncio.Future[None]]] = []
         self._lanes: set[asyncio.Task[None]] = set()
         self._running_lanes = 0
-        postgres = self._engine.dialect.name == "postgresql"
+        postgres = is_postgres(self._engine)
         self._max_lanes = POSTGRES_LANES if postgres else 1
         self._write = self._write_postgres if postgres else self._write_sqlite
         self._idle: list[tuple[AsyncConnection, asyncpg.Connection]] = []

@@ -33,7 +33,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import Delivery, MeterEventResult, StripeGateway
-from meterapi.db import Sessionmaker
+from meterapi.db import Sessionmaker, is_postgres
 from meterapi.metrics import Metrics
 from meterapi.models import (
     Customer,
@@ -120,7 +120,7 @@ _PG_MARK = text(
 
 async def _claim_groups(session: AsyncSession, *, limit: int) -> list[_Group]:
     """Lock up to ``limit`` unreported rows and group them per customer and UTC minute."""
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         connection = await session.connection()
         await connection.execute(_PG_SCAN_ONLY, {"on": "off"})  # for this transaction only
         result = await connection.execute(_PG_CLAIM, {"limit": limit})
@@ -176,7 +176,7 @@ async def claim_unreported(
     ]
     session.add_all(reports)
     await session.flush()
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         ids = [i for g in groups for i in g.usage_ids]
         report_ids = [r.id for g, r in zip(groups, reports, strict=True) for _ in g.usage_ids]
         connection = await session.connection()

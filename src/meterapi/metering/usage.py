@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
+from meterapi.db import is_postgres
 from meterapi.errors import StripeUnavailable
 from meterapi.models import Customer, ReportStatus, UsageEvent, UsageReport
 
@@ -52,7 +53,7 @@ def current_period(customer: Customer, now: datetime) -> Period:
 
 
 def _utc_day(session: AsyncSession, moment: Any) -> ColumnElement[Any]:
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if is_postgres(session):
         return cast(func.timezone("UTC", moment), Date)
     # SQLite keeps UTC text; date() takes its first ten characters' worth.
     return func.date(moment)
