@@ -53,6 +53,9 @@ MAX_BATCH = 2000
 
 POSTGRES_LANES = 2
 
+# How long a lane may hold a batch open while rows keep arriving (see UsageRecorder._gather).
+GATHER_S = 0.002
+
 # usage_event.units is a 32-bit integer column.
 MAX_ROW_UNITS = 2**31 - 1
 
@@ -143,12 +146,27 @@ class UsageRecorder:
     async def _lane(self) -> None:
         try:
             while self._queue:
+                await self._gather()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 await self._commit(batch)
         finally:
             # No await between the last look at the queue and this: a row queued after it
             # finds the lane gone and starts another.
             self._running_lanes -= 1
+
+    async def _gather(self) -> None:
+        """Let the rows already on their way join the batch: yield to the event loop while the
+        queue keeps growing (a request read in one turn of the loop reaches ``record`` in the
+        next), for at most ``GATHER_S``. A durable commit costs the same CPU for one row as for
+        fifty, so under load this makes the commits fewer and each row cheaper; when nothing
+        more comes (light load) it costs two turns of the loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_S
+        seen, quiet = len(self._queue), 0
+        while quiet < 2 and len(self._queue) < MAX_BATCH and loop.time() < deadline:
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._queue) == seen else 0
+            seen = len(self._queue)
 
     async def _write(self, usages: list[Usage]) -> None:
         """One statement on a kept driver connection, committed when it returns."""
