@@ -38,7 +38,7 @@ PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "
 SECRET_KEY = "sk_test_bench"  # noqa: S105
 WEBHOOK_SECRET = "whsec_bench_not_secret"  # noqa: S105
 PEPPER = "bench-pepper-not-secret"
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 120.0  # a worker starting on a loaded two-core machine
 
 
 def narrator() -> Callable[[str], None]:
