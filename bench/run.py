@@ -1,24 +1,26 @@
-"""The benchmark suite: meterapi on PostgreSQL against its own bare endpoint and a tutorial-style
-integration, with Stripe's usage totals checked at the end. See ``python -m bench --help``.
+"""The benchmark suite: meterapi (on PostgreSQL, or SQLite with ``--sqlite``) against its own bare
+endpoint and a tutorial-style integration, with Stripe's usage totals checked at the end. See
+``python -m bench --help``.
 
 One run, in order:
 
-1. a fresh PostgreSQL database, the Stripe emulator, ``meterapi db upgrade`` and
-   ``meterapi stripe setup``; customers with active subscriptions and keys
-   (``meterapi keys issue``);
+1. a fresh database, the Stripe emulator, ``meterapi db upgrade`` and ``meterapi stripe setup``;
+   customers with active subscriptions and keys (``meterapi keys issue``);
 2. the verification cost of a key on a cache hit, in-process (µs per call);
-3. meterapi under uvicorn (``--workers 1``); at saturation, interleaved rounds of ``/healthz``,
-   ``/v1/data`` (authenticated, metered, durable) and ``/v1/data`` with a malformed key (401);
+3. meterapi under uvicorn (``--workers 1``; ``bench/auth_app.py``, the service plus a paid route
+   that charges nothing); at saturation, interleaved rounds of ``/healthz``,
+   ``/bench/authenticated`` (the key check, no ledger), ``/v1/data`` (authenticated, metered,
+   durable) and ``/v1/data`` with a malformed key (401), each with its CPU µs per request (the
+   service's process tree and the database's backends, from ``/proc``);
 4. at a fixed offered rate, half of the bare saturation rate: ``/healthz`` and ``/v1/data``,
    open loop, latency measured from each request's intended send time; and the same at half of
    the metered saturation rate, a load the metered path can carry;
 5. SIGTERM (the service flushes its usage), then: Stripe's totals against the 2xx responses and
    the ledger, and the meter-event calls Stripe received per metered request;
-6. the key check alone: ``bench/auth_app.py`` (the service plus an authenticated route without
-   metering) against ``/healthz``, in its own process;
-7. the tutorial-style app (``bench/tutorial_app.py``) with 150 ms added to every Stripe call.
+6. the tutorial-style app (``bench/tutorial_app.py``) with 150 ms added to every Stripe call.
 
-``--scale`` instead compares one worker, ``--workers 2`` and two replicas on one database.
+``--quick`` keeps only step 3 (and 5). ``--scale`` instead compares one worker, ``--workers 2``
+and two replicas on one database, with the CPU per request of two workers against one.
 """
 
 from __future__ import annotations
@@ -107,13 +109,19 @@ class Series:
     def exact(self) -> bool:
         return all(r.exact for r in self.runs)
 
+    @property
+    def cpu_us(self) -> float:
+        """CPU µs per request, service and database (the median across rounds)."""
+        return statistics.median(c.total_us for c in self.cpu)
+
     def cpu_line(self, label: str) -> str:
         """CPU µs per request (medians across rounds): the service's and the database's."""
         service = statistics.median(c.service_us for c in self.cpu)
         database = statistics.median(c.database_us for c in self.cpu)
+        rounds = ", ".join(f"{c.total_us:.0f}" for c in self.cpu)
         return (
-            f"  {label:<34} {service + database:7.0f} µs CPU per request "
-            f"(service {service:.0f} + database {database:.0f})"
+            f"  {label:<34} {self.cpu_us:9,.0f} µs CPU per request "
+            f"(service {service:.0f} + database {database:.0f}; rounds: {rounds})"
         )
 
     def line(self, label: str) -> str:
@@ -163,6 +171,7 @@ class Figures:
     bare: Series = field(default_factory=Series)
     metered: Series = field(default_factory=Series)
     malformed: Series = field(default_factory=Series)
+    authenticated: Series = field(default_factory=Series)  # the paid path charging nothing
     bare_at_rate: Series = field(default_factory=Series)
     metered_at_rate: Series = field(default_factory=Series)
     rate: float = 0.0
@@ -188,8 +197,16 @@ def with_cpu(series: Series, meter: CpuMeter, run: Callable[[], Result]) -> Resu
 
 
 def measure(
-    config: Config, args: argparse.Namespace, *, malformed: bool, say: Callable[[str], None]
+    config: Config,
+    args: argparse.Namespace,
+    *,
+    malformed: bool,
+    say: Callable[[str], None],
+    authenticated: bool = False,
 ) -> Figures:
+    """Saturation rounds, then (unless ``args.quick``) the fixed offered rates. With
+    ``authenticated``, the service is ``bench.auth_app`` and its unmetered paid route runs in the
+    same rounds, so what the key check costs and what the ledger costs part in one run."""
     figures = Figures()
     meter = config.cpu_meter()
     tool, conns, secs = args.tool, args.connections, args.seconds
@@ -222,34 +239,48 @@ def measure(
                 ),
             ),
         )
+        if authenticated:
+            with_cpu(
+                figures.authenticated,
+                meter,
+                lambda: drive.saturate(
+                    ports, auth_app.PATH, key=load.key, seconds=secs, connections=conns, tool=tool
+                ),
+            )
         if malformed:
-            figures.malformed.runs.append(
-                drive.saturate(
+            with_cpu(
+                figures.malformed,
+                meter,
+                lambda: drive.saturate(
                     ports, "/v1/data", key=bad_key, seconds=secs, connections=conns, tool=tool
-                )
+                ),
             )
 
     figures.rate = round(figures.bare.rps / 2)
     figures.rate2 = round(figures.metered.rps / 2)
-    for round_ in range(1, args.rounds + 1):
+    for round_ in range(1, 0 if args.quick else args.rounds + 1):
         for rate, bare, metered in (
             (figures.rate, figures.bare_at_rate, figures.metered_at_rate),
             (figures.rate2, figures.bare_at_rate2, figures.metered_at_rate2),
         ):
             say(f"[{config.label}] fixed rate {rate:,.0f} req/s, round {round_}/{args.rounds}")
-            bare.runs.append(
-                drive.offered(
+            with_cpu(
+                bare,
+                meter,
+                lambda rate=rate: drive.offered(  # type: ignore[misc]
                     ports, "/healthz", key=None, seconds=secs, rate=rate, connections=conns
-                )
+                ),
             )
-            metered.runs.append(
-                bill(
+            with_cpu(
+                metered,
+                meter,
+                lambda rate=rate: bill(  # type: ignore[misc]
                     config.exact,
                     drive.offered(
                         ports, "/v1/data", key=config.exact.key, seconds=secs, rate=rate,
                         connections=conns,
                     ),
-                )
+                ),
             )  # fmt: skip
     return figures
 
@@ -321,31 +352,6 @@ def new_customers(stack: Stack, label: str, tool: str) -> tuple[Customer, Custom
     )
 
 
-def measure_key_check(
-    stack: Stack, args: argparse.Namespace, *, key: str, say: Callable[[str], None]
-) -> tuple[Series, Series]:
-    """``/healthz`` against an authenticated, unmetered route of the same service."""
-    service = stack.start_service("auth-only", app="bench.auth_app:create_app")
-    ports, conns, secs, tool = [service.port], args.connections, args.seconds, args.tool
-    path = auth_app.PATH
-    bare, authenticated = Series(), Series()
-    say("[key check alone] warm-up")
-    drive.saturate(ports, "/healthz", key=None, seconds=2, connections=conns, tool=tool)
-    drive.saturate(ports, path, key=key, seconds=2, connections=conns, tool=tool)
-    for round_ in range(1, args.rounds + 1):
-        say(f"[key check alone] saturation, round {round_}/{args.rounds}")
-        bare.runs.append(
-            drive.saturate(ports, "/healthz", key=None, seconds=secs, connections=conns, tool=tool)
-        )
-        authenticated.runs.append(
-            drive.saturate(
-                ports, auth_app.PATH, key=key, seconds=secs, connections=conns, tool=tool
-            )
-        )
-    service.terminate()
-    return bare, authenticated
-
-
 def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> bool:
     micros = asyncio.run(
         keys_bench.verification_cost(stack.database_url, key=stack.seed_customer("verify")[1])
@@ -358,46 +364,17 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
 
     assert stack.emulator is not None
     counter_id = asyncio.run(counter())
-    service = stack.start_service("meterapi")
+    # bench.auth_app: the service plus an unmetered paid route, measured in the same rounds.
+    service = stack.start_service("meterapi", app="bench.auth_app:create_app")
     config = Config("1 worker", [service], load, exact, stack.database_pids())
-    figures = measure(config, args, malformed=True, say=say)
+    figures = measure(config, args, malformed=True, authenticated=True, say=say)
     calls = asyncio.run(meter_event_calls(stack.emulator.url, counter_id))
     units_before_stop = sum(
         asyncio.run(ledger_units(stack.database_url, c.stripe_id)).units for c in (load, exact)
     )
     totals = settle(stack, config)
     shutdown_calls = asyncio.run(meter_event_calls(stack.emulator.url, counter_id)) - calls
-
-    auth_bare, auth_only = measure_key_check(stack, args, key=load.key, say=say)
-
-    say("[tutorial] 150 ms added to every Stripe call")
-    tutorial_id, tutorial_key = stack.seed_customer("tutorial")
-
-    async def slow_stripe() -> None:
-        async with stack.control() as control:
-            await control.inject_fault(
-                "latency", METER_EVENTS_PATH, seconds=TUTORIAL_STRIPE_LATENCY_S, count=None
-            )
-
-    asyncio.run(slow_stripe())
-    tutorial = stack.start_tutorial(customer=tutorial_id, key=tutorial_key)
-    drive.saturate(
-        [tutorial.port],
-        "/v1/data",
-        key=tutorial_key,
-        seconds=2,
-        connections=args.connections,
-        tool=args.tool,
-    )
-    tutorial_series = Series(
-        [
-            drive.saturate(
-                [tutorial.port], "/v1/data", key=tutorial_key, seconds=args.seconds,
-                connections=args.connections, tool=args.tool,
-            )
-        ]
-    )  # fmt: skip
-    tutorial.terminate()
+    tutorial = None if args.quick else measure_tutorial(stack, args, say)
 
     print()
     print(
@@ -409,40 +386,54 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
     print()
     print(f"key verification on a cache hit: {micros:.2f} µs per call (in process)")
     print()
-    print("saturation (closed loop):")
-    print(figures.bare.line("GET /healthz (bare)"))
-    print(figures.metered.line("GET /v1/data (metered, durable)"))
-    print(figures.malformed.line("GET /v1/data, malformed key (401)"))
-    print(tutorial_series.line("tutorial-style, Stripe +150 ms"))
-    ratio = figures.metered.rps / figures.bare.rps
-    key_check_ratio = auth_only.rps / auth_bare.rps
-    tutorial_ratio = tutorial_series.rps / figures.metered.rps
-    print(f"  ratio metered / bare:       {ratio:.3f}   (target ≥ 0.77 on PostgreSQL)")
-    print(f"  ratio 401 / bare:           {figures.malformed.rps / figures.bare.rps:.3f}")
+    print("saturation (closed loop); CPU per request from /proc, the service's process tree and")
+    print("the database's backends for this run (on SQLite the database is inside the service):")
+    bare = figures.bare
+    rows = [
+        ("GET /healthz (bare)", bare),
+        ("GET /bench/authenticated (no ledger)", figures.authenticated),
+        ("GET /v1/data (metered, durable)", figures.metered),
+        ("GET /v1/data, malformed key (401)", figures.malformed),
+    ]
+    if tutorial is not None:
+        rows.append(("tutorial-style, Stripe +150 ms", tutorial))
+    for label, series in rows:
+        print(series.line(label))
+        print(series.cpu_line(""))
     print(
-        f"  ratio tutorial / meterapi:  {tutorial_ratio:.3f}   (target ≤ 0.1; the tutorial is "
-        f"bound by {args.connections} connections ÷ 0.15 s = {args.connections / 0.15:,.0f} req/s)"
+        f"  metered / bare:         {figures.metered.rps / bare.rps:.3f} throughput, "
+        f"{figures.metered.cpu_us / bare.cpu_us:.2f}x CPU per request "
+        "(targets ≥ 0.85 and ≤ 1.25x)"
     )
-    print("CPU per request at saturation (from /proc; the database: its backends for this run):")
-    print(figures.bare.cpu_line("GET /healthz (bare)"))
-    print(figures.metered.cpu_line("GET /v1/data (metered, durable)"))
-    print()
-    print("the key check alone (bench/auth_app.py: the same service, a DirectPaidRoute that")
-    print("charges nothing and answers /v1/data's body; its own process, interleaved rounds):")
-    print(auth_bare.line("GET /healthz (bare)"))
-    print(auth_only.line("GET /bench/authenticated"))
-    print(f"  ratio authenticated / bare: {key_check_ratio:.3f}   (target ≥ 0.85)")
-    print()
-    print(f"fixed offered rate {figures.rate:,.0f} req/s (half of bare saturation; open loop):")
-    print(figures.bare_at_rate.line("GET /healthz (bare)"))
-    print(figures.metered_at_rate.line("GET /v1/data (metered, durable)"))
-    added = figures.metered_at_rate.p99 - figures.bare_at_rate.p99
-    print(f"  p99 added by metering:      {added:+.2f} ms   (target ≤ 5 ms)")
-    print(f"fixed offered rate {figures.rate2:,.0f} req/s (half of metered saturation; open loop):")
-    print(figures.bare_at_rate2.line("GET /healthz (bare)"))
-    print(figures.metered_at_rate2.line("GET /v1/data (metered, durable)"))
-    added2 = figures.metered_at_rate2.p99 - figures.bare_at_rate2.p99
-    print(f"  p99 added by metering:      {added2:+.2f} ms")
+    print(
+        f"  authenticated / bare:   {figures.authenticated.rps / bare.rps:.3f} throughput, "
+        f"{figures.authenticated.cpu_us / bare.cpu_us:.2f}x CPU per request (the key check)"
+    )
+    print(
+        f"  401 / bare:             {figures.malformed.rps / bare.rps:.3f} throughput, "
+        f"{figures.malformed.cpu_us / bare.cpu_us:.2f}x CPU per request"
+    )
+    if tutorial is not None:
+        print(
+            f"  tutorial / meterapi:    {tutorial.rps / figures.metered.rps:.3f}   (target ≤ 0.1; "
+            f"the tutorial is bound by {args.connections} connections ÷ 0.15 s = "
+            f"{args.connections / 0.15:,.0f} req/s)"
+        )
+    if not args.quick:
+        print()
+        for rate, at_bare, at_metered, what in (
+            (figures.rate, figures.bare_at_rate, figures.metered_at_rate, "bare"),
+            (figures.rate2, figures.bare_at_rate2, figures.metered_at_rate2, "metered"),
+        ):
+            print(f"fixed offered rate {rate:,.0f} req/s (half of {what} saturation; open loop):")
+            for label, series in (
+                ("GET /healthz (bare)", at_bare),
+                ("GET /v1/data (metered, durable)", at_metered),
+            ):
+                print(series.line(label))
+                print(series.cpu_line(""))
+            target = "   (target ≤ 5 ms)" if what == "bare" else ""
+            print(f"  p99 added by metering:      {at_metered.p99 - at_bare.p99:+.2f} ms{target}")
     print()
     per_request = calls / units_before_stop if units_before_stop else float("nan")
     print(
@@ -455,8 +446,38 @@ def run_main(stack: Stack, args: argparse.Namespace, say: Callable[[str], None])
     return all(t.exact for t in totals)
 
 
+def measure_tutorial(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> Series:
+    """The tutorial-style app with 150 ms added to every Stripe call (its own process)."""
+    say("[tutorial] 150 ms added to every Stripe call")
+    tutorial_id, tutorial_key = stack.seed_customer("tutorial")
+
+    async def slow_stripe() -> None:
+        async with stack.control() as control:
+            await control.inject_fault(
+                "latency", METER_EVENTS_PATH, seconds=TUTORIAL_STRIPE_LATENCY_S, count=None
+            )
+
+    asyncio.run(slow_stripe())
+    tutorial = stack.start_tutorial(customer=tutorial_id, key=tutorial_key)
+    ports, conns, tool = [tutorial.port], args.connections, args.tool
+    drive.saturate(ports, "/v1/data", key=tutorial_key, seconds=2, connections=conns, tool=tool)
+    series = Series()
+    with_cpu(
+        series,
+        CpuMeter(lambda: process_tree(tutorial.pid)),
+        lambda: drive.saturate(
+            ports, "/v1/data", key=tutorial_key, seconds=args.seconds, connections=conns,
+            tool=tool,
+        ),
+    )  # fmt: skip
+    tutorial.terminate()
+    return series
+
+
 def run_scale(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> bool:
-    layouts = [("1 worker", 1, 1), ("--workers 2", 2, 1), ("2 replicas", 1, 2)]
+    layouts = [("1 worker", 1, 1), ("--workers 2", 2, 1)]
+    if not args.quick:
+        layouts.append(("2 replicas", 1, 2))
     rows: list[tuple[str, Figures, list[Totals]]] = []
     for label, workers, replicas in layouts:
         load, exact = new_customers(stack, label, args.tool)
@@ -471,7 +492,8 @@ def run_scale(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]
     print()
     print(
         f"meterapi on several processes — {args.tool}, {args.connections} connections (split "
-        f"evenly between replicas), {args.seconds:g} s per measurement, {args.rounds} rounds"
+        f"evenly between replicas), {args.seconds:g} s per measurement, {args.rounds} rounds; "
+        f"{database_name(args)}"
     )
     print(f"  machine: {args.machine}")
     ok = True
@@ -479,25 +501,31 @@ def run_scale(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]
         print()
         print(f"{label}:")
         print(figures.bare.line("GET /healthz (bare)"))
+        print(figures.bare.cpu_line(""))
         print(figures.metered.line("GET /v1/data (metered, durable)"))
-        print(f"  ratio metered / bare: {figures.metered.rps / figures.bare.rps:.3f}")
-        print(figures.bare.cpu_line("CPU, /healthz"))
-        print(figures.metered.cpu_line("CPU, /v1/data"))
-        print(figures.bare_at_rate.line(f"/healthz at {figures.rate:,.0f} req/s"))
-        print(figures.metered_at_rate.line(f"/v1/data at {figures.rate:,.0f} req/s"))
+        print(figures.metered.cpu_line(""))
         print(
-            f"  p99 added at {figures.rate:,.0f} req/s: "
-            f"{figures.metered_at_rate.p99 - figures.bare_at_rate.p99:+.2f} ms"
+            f"  metered / bare: {figures.metered.rps / figures.bare.rps:.3f} throughput, "
+            f"{figures.metered.cpu_us / figures.bare.cpu_us:.2f}x CPU per request"
         )
-        print(figures.bare_at_rate2.line(f"/healthz at {figures.rate2:,.0f} req/s"))
-        print(figures.metered_at_rate2.line(f"/v1/data at {figures.rate2:,.0f} req/s"))
-        print(
-            f"  p99 added at {figures.rate2:,.0f} req/s: "
-            f"{figures.metered_at_rate2.p99 - figures.bare_at_rate2.p99:+.2f} ms"
-        )
+        if not args.quick:
+            for rate, at_bare, at_metered in (
+                (figures.rate, figures.bare_at_rate, figures.metered_at_rate),
+                (figures.rate2, figures.bare_at_rate2, figures.metered_at_rate2),
+            ):
+                print(at_bare.line(f"/healthz at {rate:,.0f} req/s"))
+                print(at_metered.line(f"/v1/data at {rate:,.0f} req/s"))
+                print(f"  p99 added at {rate:,.0f} req/s: {at_metered.p99 - at_bare.p99:+.2f} ms")
         for t in totals:
             print(t.line())
             ok &= t.exact
+    one, two = rows[0][1], rows[1][1]
+    print()
+    print(
+        "CPU per request, --workers 2 against 1 worker (target ≤ 1.1x: no contention that grows "
+        f"with workers): /healthz {two.bare.cpu_us / one.bare.cpu_us:.2f}x, "
+        f"/v1/data {two.metered.cpu_us / one.metered.cpu_us:.2f}x"
+    )
     return ok
 
 
@@ -517,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sqlite", action="store_true",
         help="a SQLite file instead of a PostgreSQL database (the service's default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="saturation rounds only: no fixed offered rate, no tutorial, no replicas",
     )  # fmt: skip
     parser.add_argument(
         "--scale", action="store_true",

@@ -38,7 +38,7 @@ PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "
 SECRET_KEY = "sk_test_bench"  # noqa: S105
 WEBHOOK_SECRET = "whsec_bench_not_secret"  # noqa: S105
 PEPPER = "bench-pepper-not-secret"
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 120.0  # a worker starting on a loaded two-core machine
 
 
 def narrator() -> Callable[[str], None]:
@@ -51,7 +51,25 @@ def narrator() -> Callable[[str], None]:
     return say
 
 
+_next_port = 0
+
+
 def free_port() -> int:
+    """A free port: the system's pick, or the next free one in ``BENCH_PORTS`` (``low-high``),
+    for a machine where each user of it keeps to a range."""
+    global _next_port
+    span = os.environ.get("BENCH_PORTS", "")
+    if span:
+        low, _, high = span.partition("-")
+        for port in range(max(int(low), _next_port), int(high) + 1):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _next_port = port + 1
+            return port
+        raise RuntimeError(f"no free port left in BENCH_PORTS={span}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

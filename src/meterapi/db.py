@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy import Connection, Engine, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
@@ -89,6 +89,23 @@ def _begin_immediate(connection: Any) -> None:
     # Take the write lock when the transaction starts, so two writers wait on the busy
     # timeout instead of failing with "database is locked" when a reader upgrades.
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_PLANNER_SCANS = text(
+    "SELECT set_config('enable_bitmapscan', :on, true), set_config('enable_seqscan', :on, true)"
+)
+
+
+@asynccontextmanager
+async def index_scans_only(connection: AsyncConnection) -> AsyncIterator[None]:
+    """PostgreSQL only: statements inside the block are planned without bitmap or sequential
+    scans, so a query ordered like an index walks that index and stops at its ``LIMIT``, whatever
+    the (possibly stale) statistics say. The settings are the transaction's own
+    (``set_config(…, true)``): back on after the block, and undone by the transaction's end in
+    any case (after an error in the block, the failed transaction is left alone)."""
+    await connection.execute(_PLANNER_SCANS, {"on": "off"})
+    yield
+    await connection.execute(_PLANNER_SCANS, {"on": "on"})
 
 
 def make_sessionmaker(engine: AsyncEngine) -> Sessionmaker:

@@ -80,7 +80,7 @@ class Runtime:
             keys=keys,
             gateway=gateway,
             ledger_engine=ledger_engine,
-            recorder=UsageRecorder(make_sessionmaker(ledger_engine), on_commit=reporter.wake),
+            recorder=UsageRecorder(ledger_engine, on_commit=reporter.wake),
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
             public_limit=PublicRateLimit(settings.public_rate_limit),

@@ -45,7 +45,7 @@ async def billing(
     engine = make_engine(db_url)
     sessionmaker = make_sessionmaker(engine)
     gateway = StripeGateway(settings)
-    recorder = UsageRecorder(sessionmaker)
+    recorder = UsageRecorder(engine)
     recorder.start()
     yield Billing(sessionmaker, gateway, recorder, Metrics())
     await recorder.stop()

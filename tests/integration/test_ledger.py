@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, func, text
+from sqlalchemy import func, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
-from meterapi.db import Sessionmaker
+from meterapi.db import Sessionmaker, index_scans_only, is_postgres, make_engine
 from meterapi.metering import claim
 from meterapi.metering.claim import claim_unreported, make_identifier
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
@@ -27,30 +28,31 @@ async def add_customer(sessionmaker: Sessionmaker, stripe_id: str = "cus_A") -> 
         return customer.id
 
 
-def count_commits(sessionmaker: Sessionmaker) -> list[int]:
-    commits = [0]
-    engine = sessionmaker.kw["bind"].sync_engine
-
-    @event.listens_for(engine, "commit")
-    def _on_commit(_conn: Any) -> None:
-        commits[0] += 1
-
-    return commits
+@pytest.fixture
+async def ledger_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """The ledger's own engine, as the service gives it one."""
+    engine = make_engine(db_url)
+    yield engine
+    await engine.dispose()
 
 
-async def committed_batches(sessionmaker: Sessionmaker, sqlite_commits: list[int]) -> int:
+async def committed_batches(sessionmaker: Sessionmaker, commits: list[int]) -> int:
     """How many transactions wrote the ledger's rows. On PostgreSQL the rows say it themselves
-    (``xmin``: the inserting transaction), since the ledger writes through the driver there."""
+    (``xmin``: the inserting transaction); on SQLite, the recorder's ``on_commit`` calls."""
     async with sessionmaker() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            return sqlite_commits[0]
+        if not is_postgres(session):
+            return commits[0]
         return int(await session.scalar(text("SELECT count(DISTINCT xmin::text) FROM usage_event")))
 
 
-async def test_concurrent_records_share_commits(sessionmaker: Sessionmaker) -> None:
+async def test_concurrent_records_share_commits(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
     customer_id = await add_customer(sessionmaker)
-    commits = count_commits(sessionmaker)
-    recorder = UsageRecorder(sessionmaker)
+    commits = [0]
+    recorder = UsageRecorder(
+        ledger_engine, on_commit=lambda: commits.__setitem__(0, commits[0] + 1)
+    )
     recorder.start()
     await asyncio.gather(
         *(
@@ -70,9 +72,11 @@ async def test_concurrent_records_share_commits(sessionmaker: Sessionmaker) -> N
     assert batches <= rows <= 2 * batches
 
 
-async def test_record_returns_only_after_commit(sessionmaker: Sessionmaker) -> None:
+async def test_record_returns_only_after_commit(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
     customer_id = await add_customer(sessionmaker)
-    recorder = UsageRecorder(sessionmaker)
+    recorder = UsageRecorder(ledger_engine)
     recorder.start()
     await recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=3)
     async with sessionmaker() as session:  # a different connection sees it at once
@@ -80,11 +84,13 @@ async def test_record_returns_only_after_commit(sessionmaker: Sessionmaker) -> N
     await recorder.stop()
 
 
-async def test_recorded_rows_read_back_exactly(sessionmaker: Sessionmaker) -> None:
+async def test_recorded_rows_read_back_exactly(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
     a = await add_customer(sessionmaker, "cus_A")
     b = await add_customer(sessionmaker, "cus_B")
     at = datetime(2026, 11, 25, 10, 0, 10, 123456, tzinfo=UTC)
-    recorder = UsageRecorder(sessionmaker)
+    recorder = UsageRecorder(ledger_engine)
     recorder.start()
     await asyncio.gather(
         recorder.record(
@@ -105,8 +111,10 @@ async def test_recorded_rows_read_back_exactly(sessionmaker: Sessionmaker) -> No
     ]
 
 
-async def test_a_failed_commit_fails_the_request(sessionmaker: Sessionmaker) -> None:
-    recorder = UsageRecorder(sessionmaker)
+async def test_a_failed_commit_fails_the_request(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
+    recorder = UsageRecorder(ledger_engine)
     recorder.start()
     with pytest.raises(LedgerUnavailable):  # no such customer: the foreign key refuses it
         await recorder.record(customer_id=999_999, api_key_id="k", route="/v1/data", units=1)
@@ -115,8 +123,10 @@ async def test_a_failed_commit_fails_the_request(sessionmaker: Sessionmaker) -> 
         assert await session.scalar(select(func.count()).select_from(UsageEvent)) == 0
 
 
-async def test_record_refused_when_not_running(sessionmaker: Sessionmaker) -> None:
-    recorder = UsageRecorder(sessionmaker)
+async def test_record_refused_when_not_running(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
+    recorder = UsageRecorder(ledger_engine)
     with pytest.raises(LedgerUnavailable):
         await recorder.record(customer_id=1, api_key_id="k", route="/v1/data", units=1)
 
@@ -195,12 +205,12 @@ async def test_concurrent_claims_never_share_a_row(sessionmaker: Sessionmaker) -
 
 @pytest.mark.postgres_only
 async def test_a_broken_writer_connection_fails_one_batch_then_is_replaced(
-    sessionmaker: Sessionmaker,
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
 ) -> None:
     """The writer keeps its connections between batches; one the server has dropped fails the
     batch on it (those requests are not served as successes) and is not used again."""
     customer_id = await add_customer(sessionmaker)
-    recorder = UsageRecorder(sessionmaker)
+    recorder = UsageRecorder(ledger_engine)
     recorder.start()
     await recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=1)
     async with sessionmaker() as session:  # drop every other connection to this database
@@ -230,10 +240,12 @@ async def test_the_claim_walks_the_unreported_index_in_order(sessionmaker: Sessi
     async with sessionmaker() as session:
         connection = await session.connection()
         await connection.execute(text("ANALYZE usage_event"))
-        await connection.execute(claim._PG_SCAN_ONLY, {"on": "off"})
-        plan = (
-            await connection.execute(text("EXPLAIN " + claim._PG_CLAIM.element.text), {"limit": 10})
-        ).scalars()
+        async with index_scans_only(connection):
+            plan = (
+                await connection.execute(
+                    text("EXPLAIN " + claim._PG_CLAIM.element.text), {"limit": 10}
+                )
+            ).scalars()
         assert any("Index Scan using ix_usage_event_unreported" in line for line in plan)
 
 

@@ -366,3 +366,47 @@ def test_error_bodies_are_rendered_in_one_place() -> None:
     ]
     assert wrong == []
     assert _hand_written_error_bodies(SRC / "api" / "errors.py") != []
+
+
+def _engine_reach_ins(path: Path) -> list[str]:
+    """An engine dug out of a sessionmaker (``.kw["bind"]``), or planner settings changed by hand
+    (``enable_seqscan``, ``enable_bitmapscan``…) instead of through ``db.index_scans_only``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "kw"
+            and isinstance(node.slice, ast.Constant)
+            and node.slice.value == "bind"
+        ):
+            found.append(f"{path.name}:{node.lineno} reads a sessionmaker's bind")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "enable_" in node.value
+            and ("scan" in node.value or "set_config" in node.value)
+        ):
+            found.append(f"{path.name}:{node.lineno} sets the planner")
+    return found
+
+
+def test_engines_are_passed_and_the_planner_is_set_in_db_only() -> None:
+    wrong = [
+        found
+        for name, path in _modules()
+        if name != "meterapi.db"
+        for found in _engine_reach_ins(path)
+    ]
+    assert wrong == []
+
+
+def test_the_reach_in_checker_sees_both(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "engine = sessionmaker.kw['bind']\n"
+        "info = sessionmaker.kw.get('info')\n"
+        "q = text(\"SELECT set_config('enable_seqscan', 'off', true)\")\n"
+        "ok = 'enable'\n"
+    )
+    assert [f.split(" ", 1)[0] for f in _engine_reach_ins(bad)] == ["bad.py:1", "bad.py:3"]

@@ -13,7 +13,7 @@ from sqlalchemy import ARRAY, BigInteger, Integer, column, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.db import is_postgres
+from meterapi.db import index_scans_only, is_postgres
 from meterapi.models import Customer, UsageEvent, UsageReport, UTCDateTime
 
 CLAIM_BATCH = 5_000  # rows per claim transaction; a cycle claims until none are left
@@ -38,15 +38,12 @@ class _Group:
 # PostgreSQL locks, groups and sums in one statement; Python sees one row per group.
 #
 # The rows are taken in the order of the partial index on unreported usage (customer, id), by an
-# ordered scan of that index and nothing else (``_PG_SCAN_ONLY``): it stops after ``limit``
+# ordered scan of that index and nothing else (``db.index_scans_only``): it stops after ``limit``
 # rows, and it marks the entries of rows reported since the last vacuum as dead as it passes
 # them, so the next claim skips them. A bitmap scan, which the planner picks when its statistics
 # lag behind a table that churns like this one, does neither: seen on a database whose vacuum
 # had not caught up, each claim walked 1.4 million reported rows (110 ms for nothing; the
 # ordered scan took 185 ms once, then 16 ms).
-_PG_SCAN_ONLY = text(
-    "SELECT set_config('enable_bitmapscan', :on, true), set_config('enable_seqscan', :on, true)"
-)
 _PG_CLAIM = text(
     """
     WITH claimed AS (
@@ -74,9 +71,8 @@ async def _claim_groups(session: AsyncSession, *, limit: int) -> list[_Group]:
     """Lock up to ``limit`` unreported rows and group them per customer and UTC minute."""
     if is_postgres(session):
         connection = await session.connection()
-        await connection.execute(_PG_SCAN_ONLY, {"on": "off"})  # for this transaction only
-        result = await connection.execute(_PG_CLAIM, {"limit": limit})
-        await connection.execute(_PG_SCAN_ONLY, {"on": "on"})
+        async with index_scans_only(connection):
+            result = await connection.execute(_PG_CLAIM, {"limit": limit})
         return [_Group(c, list(ids), int(units), latest) for c, ids, units, latest in result]
     # SQLite: one writer at a time (BEGIN IMMEDIATE), so no lock clause is needed.
     query = (

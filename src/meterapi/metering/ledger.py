@@ -6,16 +6,24 @@ a commit is in flight, new rows gather, and the next commit takes them all at on
 request's wait ends when the transaction holding its row has committed (or failed, in which case
 the request fails too and nothing is billed).
 
-On PostgreSQL a batch is one ``INSERT … SELECT FROM unnest(…)`` run in autocommit on the driver's
-connection: a single statement is atomic and, with ``synchronous_commit`` on, durable when it
-returns, so a batch costs one round trip instead of three (BEGIN, INSERT, COMMIT) and no ORM work.
-The writers keep their connections checked out between batches (a checkout from the pool costs about
-three times the statement's own CPU); one that fails is discarded, never reused, and a failed batch
-is never retried (it may have committed before the connection broke). Two writers may commit at
-once on PostgreSQL: a request that arrives while one batch commits need not wait for that commit
-to end before its own begins, and the event loop is not left idle while every caller waits on the
-database. SQLite has one writer, so there it is one at a time. Batches are independent (each row
-stands alone), so their commit order does not matter.
+The interface is ``UsageRecorder(engine)``: ``start``, ``record`` (returns once durable, or raises
+``LedgerUnavailable``), ``stop`` (commits what is queued). The engine should be the ledger's own
+(``runtime.py`` gives it a small pool), since its connections stay checked out.
+
+A batch is one statement on the driver's own connection, outside any transaction (autocommit): a
+single statement is atomic, and durable when it returns (PostgreSQL with ``synchronous_commit``
+on; SQLite in WAL mode with ``synchronous=FULL``, ``db.py``), so a batch costs one round trip, or
+on SQLite one hop to the driver's thread, instead of three or more (BEGIN, INSERT, COMMIT, the
+pool's reset), and no ORM work. On PostgreSQL it is ``INSERT … SELECT FROM unnest(…)`` with one
+array per column; on SQLite ``INSERT … SELECT FROM json_each(?)`` with the rows as one JSON
+array. The writers keep their connections checked out between batches (a checkout from the pool
+costs about three times the statement's own CPU); one that fails is discarded, never reused, and
+a failed batch is never retried (it may have committed before the connection broke).
+
+Two writers may commit at once on PostgreSQL: a request that arrives while one batch commits need
+not wait for that commit to end before its own begins, and the event loop is not left idle while
+every caller waits on the database. SQLite has one writer, so there it is one at a time. Batches
+are independent (each row stands alone), so their commit order does not matter.
 
 A batch writes one row per customer, key, route and UTC minute, holding the units of every
 response in it that shares them: the rows the reporter later claims are fewer by the same factor,
@@ -27,16 +35,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
-import asyncpg
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterapi.db import Sessionmaker, is_postgres
+from meterapi.db import is_postgres
 from meterapi.models import UsageEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,9 @@ MAX_BATCH = 2000
 
 POSTGRES_LANES = 2
 
+# How long a lane may hold a batch open while rows keep arriving (see UsageRecorder._gather).
+GATHER_S = 0.002
+
 # usage_event.units is a 32-bit integer column.
 MAX_ROW_UNITS = 2**31 - 1
 
@@ -52,6 +63,12 @@ _POSTGRES_INSERT = (
     "INSERT INTO usage_event (customer_id, api_key_id, route, units, occurred_at) "
     "SELECT * FROM unnest($1::integer[], $2::varchar[], $3::varchar[], $4::integer[], "
     "$5::timestamptz[])"
+)
+_SQLITE_INSERT = (
+    "INSERT INTO usage_event (customer_id, api_key_id, route, units, occurred_at) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]') "
+    "FROM json_each(?)"
 )
 
 
@@ -73,21 +90,20 @@ class UsageRecorder:
     (a lane) that commits whatever is queued, then looks again, and ends when the queue is
     empty. ``record`` starts a lane when fewer are running, so a row never waits for a wake-up,
     and a lane that finishes a commit takes the rows that gathered meanwhile at once: the event
-    loop, busy serving requests, stands between a commit and the next as little as possible."""
+    loop, busy serving requests, stands between a commit and the next as little as possible.
+    ``on_commit`` is called after each committed batch (the reporter's wake-up)."""
 
-    def __init__(
-        self, sessionmaker: Sessionmaker, *, on_commit: Callable[[], None] | None = None
-    ) -> None:
-        self._sessionmaker = sessionmaker
-        self._engine: AsyncEngine = sessionmaker.kw["bind"]
+    def __init__(self, engine: AsyncEngine, *, on_commit: Callable[[], None] | None = None) -> None:
+        self._engine = engine
         self._on_commit = on_commit
         self._queue: list[tuple[Usage, asyncio.Future[None]]] = []
         self._lanes: set[asyncio.Task[None]] = set()
         self._running_lanes = 0
-        postgres = is_postgres(self._engine)
+        postgres = is_postgres(engine)
         self._max_lanes = POSTGRES_LANES if postgres else 1
-        self._write = self._write_postgres if postgres else self._write_sqlite
-        self._idle: list[tuple[AsyncConnection, asyncpg.Connection]] = []
+        self._statement = _postgres_statement if postgres else _sqlite_statement(engine)
+        # Connections checked out for the lanes, each with its driver's own connection.
+        self._idle: list[tuple[AsyncConnection, Any]] = []
         self._started = False
         self._closing = False
 
@@ -130,6 +146,7 @@ class UsageRecorder:
     async def _lane(self) -> None:
         try:
             while self._queue:
+                await self._gather()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 await self._commit(batch)
         finally:
@@ -137,16 +154,29 @@ class UsageRecorder:
             # finds the lane gone and starts another.
             self._running_lanes -= 1
 
-    async def _write_postgres(self, usages: list[Usage]) -> None:
+    async def _gather(self) -> None:
+        """Let the rows already on their way join the batch: yield to the event loop while the
+        queue keeps growing (a request read in one turn of the loop reaches ``record`` in the
+        next), for at most ``GATHER_S``. A durable commit costs the same CPU for one row as for
+        fifty, so under load this makes the commits fewer and each row cheaper; when nothing
+        more comes (light load) it costs two turns of the loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_S
+        seen, quiet = len(self._queue), 0
+        while quiet < 2 and len(self._queue) < MAX_BATCH and loop.time() < deadline:
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._queue) == seen else 0
+            seen = len(self._queue)
+
+    async def _write(self, usages: list[Usage]) -> None:
+        """One statement on a kept driver connection, committed when it returns."""
         if self._idle:
             connection, driver = self._idle.pop()
         else:
             connection = await self._engine.connect()
             driver = (await connection.get_raw_connection()).driver_connection
         try:
-            # Straight to asyncpg, outside any transaction: one statement, committed when it
-            # returns.
-            await driver.execute(_POSTGRES_INSERT, *_columns(usages))
+            await self._statement(driver, usages)
         except BaseException:
             # Whatever went wrong, this connection is not trusted again.
             with contextlib.suppress(Exception):
@@ -154,11 +184,6 @@ class UsageRecorder:
                 await connection.close()
             raise
         self._idle.append((connection, driver))
-
-    async def _write_sqlite(self, usages: list[Usage]) -> None:
-        async with self._sessionmaker() as session:
-            await session.exec(insert(UsageEvent), params=_rows(usages))
-            await session.commit()
 
     async def _commit(self, batch: list[tuple[Usage, asyncio.Future[None]]]) -> None:
         try:
@@ -175,6 +200,30 @@ class UsageRecorder:
         if self._on_commit is not None:
             with contextlib.suppress(Exception):
                 self._on_commit()
+
+
+async def _postgres_statement(driver: Any, usages: list[Usage]) -> None:
+    # asyncpg, outside any transaction: one statement, committed when it returns.
+    await driver.execute(_POSTGRES_INSERT, *_columns(usages))
+
+
+def _sqlite_statement(engine: AsyncEngine) -> Callable[[Any, list[Usage]], Any]:
+    # The moment as SQLAlchemy stores it on SQLite (UTC, as text), so rows read back alike.
+    column_type = UsageEvent.__table__.c.occurred_at.type  # type: ignore[attr-defined]
+    stored_at = column_type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+
+    async def run(driver: Any, usages: list[Usage]) -> None:
+        rows = json.dumps(
+            [
+                [u.customer_id, u.api_key_id, u.route, u.units, stored_at(u.occurred_at)]
+                for u in usages
+            ]
+        )
+        # aiosqlite, in autocommit (db.py): one statement, one hop to its thread, committed
+        # (and synced) when it returns; the cursor is dropped on that thread.
+        await driver.execute_fetchall(_SQLITE_INSERT, (rows,))
+
+    return run
 
 
 def merge(usages: list[Usage]) -> list[Usage]:
@@ -198,19 +247,6 @@ def merge(usages: list[Usage]) -> list[Usage]:
                 )
         merged[key] = u
     return full + list(merged.values())
-
-
-def _rows(usages: list[Usage]) -> list[dict[str, object]]:
-    return [
-        {
-            "customer_id": u.customer_id,
-            "api_key_id": u.api_key_id,
-            "route": u.route,
-            "units": u.units,
-            "occurred_at": u.occurred_at,
-        }
-        for u in usages
-    ]
 
 
 def _columns(usages: list[Usage]) -> tuple[list[object], ...]:
