@@ -14,6 +14,7 @@ from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
+from meterapi.metering.limits_cache import LimitsCache
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
@@ -38,6 +39,7 @@ class Runtime:
     public_limit: PublicRateLimit
     pricing: Pricing
     outbound: Deliverer
+    limits: LimitsCache
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -58,6 +60,15 @@ class Runtime:
             metrics=metrics,
         )
         keys = KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker)
+        # Each customer's limits, invalidated with the key cache (metering.limits_cache).
+        limits = LimitsCache(
+            sessionmaker,
+            default_rate=settings.rate_limit,
+            ttl_s=settings.key_cache_ttl_s,
+            max_entries=settings.key_cache_size,
+            trusted=keys.cache.trusted,
+        )
+        keys.cache.follow(limits)
         outbound = Deliverer(
             sessionmaker,
             url=settings.webhook_url,
@@ -82,6 +93,7 @@ class Runtime:
             public_limit=PublicRateLimit(settings.public_rate_limit),
             pricing=Pricing(gateway, settings.stripe_price_id),
             outbound=outbound,
+            limits=limits,
         )
 
     async def start(self) -> None:
