@@ -15,6 +15,7 @@ from meterapi.keys.guard import KeyGuard
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
 from meterapi.metering.limits_cache import LimitsCache
+from meterapi.metering.ratelimit import RateLimiter
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
@@ -40,6 +41,7 @@ class Runtime:
     pricing: Pricing
     outbound: Deliverer
     limits: LimitsCache
+    rate_limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -94,11 +96,17 @@ class Runtime:
             pricing=Pricing(gateway, settings.stripe_price_id),
             outbound=outbound,
             limits=limits,
+            rate_limiter=RateLimiter(
+                redis_url=settings.redis_url,
+                unchecked=metrics.rate_limit_unchecked,
+                timeout_s=settings.redis_timeout_s,
+            ),
         )
 
     async def start(self) -> None:
         """Start the background work (the lifespan calls this before serving)."""
         await self.keys.start()
+        await self.rate_limiter.start()
         self.recorder.start()
         self.reporter.start()
         self.outbound.start()
@@ -112,5 +120,6 @@ class Runtime:
             await self.outbound.stop()
         finally:
             await self.gateway.close()
+            await self.rate_limiter.close()
             await self.ledger_engine.dispose()
             await self.engine.dispose()
