@@ -37,6 +37,7 @@ from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from pydantic import SecretStr
 from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -48,6 +49,7 @@ KEY_PREFIX = "meterapi"
 DEFAULT_TIMEOUT_S = 0.005
 DEFAULT_BACKOFF_S = 1.0
 LOG_EVERY_S = 60.0
+POOL_SIZE = 16  # Redis connections per process: one call in flight each
 _SCHEMES = {"redis://": "async+redis://", "rediss://": "async+rediss://"}
 
 
@@ -100,17 +102,26 @@ class RateLimiter:
         self._down = False
         self._last_log = -math.inf
         self.storage: Storage
+        self._pool: BlockingConnectionPool | None = None
         if redis_url is None:
             self.storage = MemoryStorage()
         else:
-            # No retries inside the client: a failure is answered by failing open at once.
-            options: dict[str, Any] = {
-                "socket_timeout": timeout_s,
-                "socket_connect_timeout": timeout_s,
-                "retry": Retry(NoBackoff(), 0),
-            }
+            # A bounded pool, opened at start: a burst of requests waits (within timeout_s) for
+            # a connection instead of opening dozens at once. No retries inside the client: a
+            # failure is answered by failing open at once.
+            url = redis_url.get_secret_value()
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=POOL_SIZE,
+                timeout=timeout_s,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._pool = pool
+            options: dict[str, Any] = {"connection_pool": pool}
             self.storage = RedisStorage(
-                storage_uri(redis_url.get_secret_value()),
+                storage_uri(url),
                 implementation="redispy",
                 key_prefix=KEY_PREFIX,
                 **options,  # passed on to redis.asyncio.Redis
@@ -148,21 +159,21 @@ class RateLimiter:
         )
 
     async def start(self, *, settle_s: float = 2.0) -> None:
-        """Connect and load the counting script before the first request (bounded by
-        ``settle_s``): the first connection and the script's first load take round trips a
+        """Open the pool's connections and load the counting script before the first request
+        (bounded by ``settle_s``): connecting and the script's first load take round trips a
         request's ``timeout_s`` is not meant for. Redis being down delays nothing."""
         if not self.shared:
             return
         try:
             async with asyncio.timeout(settle_s):
-                await self.storage.incr(f"{KEY_PREFIX}/warm-up", 1)
+                warm = [self.storage.incr(f"{KEY_PREFIX}/warm-up", 1) for _ in range(POOL_SIZE)]
+                await asyncio.gather(*warm)
         except Exception as exc:
             self._log(f"rate limits: Redis unavailable at start ({type(exc).__name__})")
 
     async def close(self) -> None:
-        if isinstance(self.storage, RedisStorage):
-            bridge: Any = self.storage.bridge  # limits' redis-py bridge
-            await bridge.get_connection().aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     def _failed(
         self, item: RateLimitItem, reset_s: int, reason: str, exc: Exception | None = None
