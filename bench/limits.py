@@ -138,28 +138,27 @@ def _line(name: str, result: Result, cpu_us: float) -> str:
 
 
 async def paced(url: str, key: str, *, rate: float, seconds: float) -> list[tuple[float, int]]:
-    """Requests due at ``rate`` per second for ``seconds``; (answer time, status) of each."""
+    """Calls due at ``rate`` per second for ``seconds``, from 16 senders on connections of their
+    own (a call due while its sender waits goes out late); (answer time, status) of each."""
     answers: list[tuple[float, int]] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
-        started = time.monotonic()
+    senders = 16
+    started = time.monotonic()
 
-        async def one() -> None:
-            try:
-                response = await client.get("/v1/data", headers={"X-API-Key": key})
-                answers.append((time.monotonic() - started, response.status_code))
-            except httpx.HTTPError:
-                answers.append((time.monotonic() - started, 0))
+    async def sender(offset: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            i = offset
+            while i / rate < seconds:
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                try:
+                    response = await client.get("/v1/data", headers={"X-API-Key": key})
+                    answers.append((time.monotonic() - started, response.status_code))
+                except httpx.HTTPError:
+                    answers.append((time.monotonic() - started, 0))
+                i += senders
 
-        tasks = []
-        total = int(rate * seconds)
-        for i in range(total):
-            due = started + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+    await asyncio.gather(*(sender(j) for j in range(senders)))
     return answers
 
 
@@ -244,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         refused = sum(1 for t, status in answers if status == 429 and in_window(t))
         other = sum(1 for _, status in answers if status not in (200, 429))
         quota = SHARED_LIMIT * 10
+        sent = sum(1 for t, _ in answers if in_window(t))
         say(
             f"   2xx in a 10 s window: {ok} (quota {quota}, {100 * (ok - quota) / quota:+.1f}%); "
-            f"429 {refused}; other answers {other}; unchecked {unchecked(shared):.0f}"
+            f"429 {refused}; answered in the window {sent} ({sent / 10:.0f}/s); other answers "
+            f"{other}; unchecked {unchecked(shared):.0f}"
         )
     return 0
 

@@ -16,8 +16,11 @@ across a window's boundary; over any longer span the count holds.
 Storage: Redis when ``METERAPI_REDIS_URL`` is set (shared by every process), else memory (each
 process counts alone). Redis failing never fails a request (fail open):
 
-- every call is bounded by ``timeout_s``; a timeout or an error lets the request through
-  unlimited, counted in ``meterapi_rate_limit_unchecked_total{reason}``;
+- a request waits for Redis ``timeout_s`` at most (plus the few turns of its own event loop a
+  reply needs to be read: under saturation the loop's own lag is longer than any Redis round
+  trip, and must not be taken for Redis being slow); a timeout or an error lets the request
+  through unlimited, counted in ``meterapi_rate_limit_unchecked_total{reason}``; the call it
+  gave up on ends in the background (1 s socket timeout), its connection kept;
 - after a failure Redis is left alone for ``backoff_s`` (requests go through at once, reason
   ``backoff``), then the next request tries again: the client reconnects by itself;
 - the log says so at most once a minute, and says when Redis answers again.
@@ -49,7 +52,16 @@ KEY_PREFIX = "meterapi"
 DEFAULT_TIMEOUT_S = 0.005
 DEFAULT_BACKOFF_S = 1.0
 LOG_EVERY_S = 60.0
-POOL_SIZE = 16  # Redis connections per process: one call in flight each
+POOL_SIZE = 32  # Redis connections per process: one call in flight each
+BACKGROUND_TIMEOUT_S = 1.0
+GRACE_TURNS = 3
+
+
+def _retrieve(call: asyncio.Future[int]) -> None:
+    if not call.cancelled():
+        call.exception()  # retrieved: the request went on without it
+
+
 _SCHEMES = {"redis://": "async+redis://", "rediss://": "async+rediss://"}
 
 
@@ -113,9 +125,10 @@ class RateLimiter:
             pool = BlockingConnectionPool.from_url(
                 url,
                 max_connections=POOL_SIZE,
-                timeout=timeout_s,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
+                # Bounds for calls a request gave up on (hit() waits timeout_s at most).
+                timeout=BACKGROUND_TIMEOUT_S,
+                socket_timeout=BACKGROUND_TIMEOUT_S,
+                socket_connect_timeout=BACKGROUND_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),
             )
             self._pool = pool
@@ -140,20 +153,38 @@ class RateLimiter:
         if self.shared and self.monotonic() < self._down_until:
             return self._unlimited(item, reset_s, "backoff")
         key = item.key_for("paid", key_id, str(number))
+        if not self.shared:
+            count = await self.storage.incr(key, window)
+            return self._verdict(item, count, reset_s)
+        call = asyncio.ensure_future(self.storage.incr(key, window))
+        await asyncio.wait((call,), timeout=self.timeout_s)
+        # A busy event loop runs the timer in the same turn as it reads the reply, and resumes
+        # the call only a turn or two later: give it those turns (any await costs them) before
+        # calling Redis late. Without this, a saturated process fails open on every call.
+        for _ in range(GRACE_TURNS):
+            if call.done():
+                break
+            await asyncio.sleep(0)
+        if not call.done():
+            # Not cancelled: cancelling drops the connection. It ends by itself (socket timeout).
+            call.add_done_callback(_retrieve)
+            return self._failed(item, reset_s, "timeout")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                count = await self.storage.incr(key, window)
-        except (TimeoutError, redis_errors.TimeoutError):
+            count = call.result()
+        except redis_errors.TimeoutError:
             return self._failed(item, reset_s, "timeout")
         except Exception as exc:  # the storage's errors: connection refused, reset, auth…
             return self._failed(item, reset_s, "error", exc)
         if self._down:
             self._down = False
             self._log("rate limits: Redis answers again; limits apply")
+        return self._verdict(item, count, reset_s)
+
+    def _verdict(self, item: RateLimitItem, count: int, reset_s: int) -> Verdict:
         return Verdict(
             allowed=count <= item.amount,
             quota=item.amount,
-            window_s=window,
+            window_s=item.get_expiry(),
             remaining=max(0, item.amount - count),
             reset_s=reset_s,
         )
