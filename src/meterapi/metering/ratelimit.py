@@ -118,9 +118,9 @@ class RateLimiter:
         if redis_url is None:
             self.storage = MemoryStorage()
         else:
-            # A bounded pool, opened at start: a burst of requests waits (within timeout_s) for
-            # a connection instead of opening dozens at once. No retries inside the client: a
-            # failure is answered by failing open at once.
+            # A bounded pool, opened at start: a burst of requests waits for a connection (hit()
+            # gives up after timeout_s) instead of opening dozens at once. No retries inside the
+            # client: a failure is answered by failing open at once.
             url = redis_url.get_secret_value()
             pool = BlockingConnectionPool.from_url(
                 url,
@@ -144,8 +144,8 @@ class RateLimiter:
         return f"RateLimiter(shared={self.shared}, timeout_s={self.timeout_s})"
 
     async def hit(self, item: RateLimitItem, key_id: str) -> Verdict:
-        """Count one call of ``key_id`` against ``item``; never raises, never waits longer
-        than ``timeout_s``."""
+        """Count one call of ``key_id`` against ``item``; never raises, never waits on Redis
+        longer than ``timeout_s`` and a few turns of the event loop."""
         window = item.get_expiry()
         now = self.clock()
         number = int(now // window)
