@@ -3,9 +3,12 @@ failing open when Redis cannot answer."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,17 +16,21 @@ import pytest
 import stripe
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
+from limits import parse
+from pydantic import SecretStr
 from sqlmodel import select
 
 from meterapi import PaidCaller, Usage, create_app
 from meterapi.errors import NotFound
+from meterapi.metering.ratelimit import RateLimiter
+from meterapi.metrics import Metrics
 from meterapi.models import Customer
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration.admin_support import ADMIN, ADMIN_TOKEN
 from tests.integration.gateway_support import paying_customer
 from tests.integration.keys_support import headers, runtime_of, seed_key
-from tests.integration.redis_support import shared_redis_url
+from tests.integration.redis_support import PrivateRedis, shared_redis_url
 from tests.integration.servers import free_port
 from tests.integration.test_metering_api import ledger_units
 
@@ -198,3 +205,30 @@ async def test_redis_unreachable_fails_open(
         metrics = (await client.get("/metrics")).text
         assert "meterapi_rate_limit_unchecked_total" in metrics
         assert await ledger_units(app) == 6
+
+
+async def test_a_hung_redis_is_given_up_on_then_limits_return(tmp_path: Path) -> None:
+    with PrivateRedis(tmp_path / "redis.log") as server:
+        unchecked = Metrics().rate_limit_unchecked
+        limiter = RateLimiter(
+            redis_url=SecretStr(server.url), unchecked=unchecked, timeout_s=0.05, backoff_s=0.05
+        )
+        await limiter.start()
+        item = parse("100/day")
+        assert (await limiter.hit(item, "key_a")).remaining == 99  # the pool is open
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # hung: connected, never answering
+        try:
+            assert (await limiter.hit(item, "key_a")).remaining is None  # gave up, went on
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert unchecked.value(reason="timeout") == 1
+        await asyncio.sleep(0.1)  # past the backoff
+        server.kill()
+        assert (await limiter.hit(item, "key_a")).remaining is None  # failed open
+        server.start()  # empty: the count starts again
+        await asyncio.sleep(0.1)  # past the backoff
+        # The first call after the backoff is counted: no dead pooled connection is reused.
+        assert (await limiter.hit(item, "key_a")).remaining == 99
+        assert unchecked.value(reason="error") == 1
+        await limiter.close()
