@@ -167,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--redis-timeout",
+        default=None,
+        help="METERAPI_REDIS_TIMEOUT_S for the services (default: the service's own)",
+    )
     args = parser.parse_args(argv)
+    timeout = {"METERAPI_REDIS_TIMEOUT_S": args.redis_timeout} if args.redis_timeout else {}
     tool = "wrk" if wrk_available() else "loadgen"
     say = narrator()
     with Stack() as stack:
@@ -184,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         configs: dict[str, dict[str, str]] = {
             "no rate limit": {},
             "in-process limit": {"METERAPI_RATE_LIMIT": NEVER},
-            "Redis limit": {"METERAPI_RATE_LIMIT": NEVER, "METERAPI_REDIS_URL": redis_url},
+            "Redis limit": {
+                "METERAPI_RATE_LIMIT": NEVER,
+                "METERAPI_REDIS_URL": redis_url,
+                **timeout,
+            },
         }
         services = {
             name: stack.start_service(name.replace(" ", "-"), **env)
@@ -235,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=2,
             METERAPI_RATE_LIMIT=f"{SHARED_LIMIT}/second",
             METERAPI_REDIS_URL=redis_url,
+            **timeout,
         )
         _, key = stack.seed_customer("shared")
         answers = asyncio.run(paced(shared.url, key, rate=SHARED_LIMIT * SEND_FACTOR, seconds=13.0))
