@@ -28,7 +28,7 @@ from meterapi.models import Customer
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration.admin_support import ADMIN, ADMIN_TOKEN
-from tests.integration.gateway_support import paying_customer
+from tests.integration.gateway_support import UpstreamProcess, gateway_file, paying_customer
 from tests.integration.keys_support import headers, runtime_of, seed_key
 from tests.integration.redis_support import PrivateRedis, shared_redis_url
 from tests.integration.servers import free_port
@@ -232,3 +232,22 @@ async def test_a_hung_redis_is_given_up_on_then_limits_return(tmp_path: Path) ->
         assert (await limiter.hit(item, "key_a")).remaining == 99
         assert unchecked.value(reason="error") == 1
         await limiter.close()
+
+
+async def test_the_gateway_is_limited_like_any_paid_route(
+    db_url: str, emulated: Any, stripe_sdk: stripe.StripeClient, tmp_path: Path
+) -> None:
+    payer = await paying_customer(db_url, stripe_sdk)
+    with UpstreamProcess(tmp_path / "upstream.log") as upstream:
+        settings = emulated(
+            rate_limit="3/day",
+            gateway_file=gateway_file(tmp_path),
+            upstream_url=upstream.url,
+        )
+        async with serving(settings) as (app, client):
+            answers = [await client.get("/echo/a", headers=headers(payer.key)) for _ in range(4)]
+            assert [a.status_code for a in answers] == [200, 200, 200, 429]
+            assert [limit_state(a)[2] for a in answers] == [2, 1, 0, 0]
+            assert answers[3].json()["error"]["code"] == "rate_limited"
+            assert upstream.seen() == ["/echo/a"] * 3  # the refused call never went up
+            assert await ledger_units(app) == 3 * 2  # the route's 2 units, for the 2xx only
