@@ -15,6 +15,8 @@ from meterapi.keys.guard import KeyGuard
 from meterapi.keys.policy import KeyPolicy
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
+from meterapi.metering.limits_cache import LimitsCache
+from meterapi.metering.ratelimit import RateLimiter
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
@@ -40,6 +42,8 @@ class Runtime:
     public_limit: PublicRateLimit
     pricing: Pricing
     outbound: Deliverer
+    limits: LimitsCache
+    rate_limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -61,6 +65,15 @@ class Runtime:
         )
         key_policy = KeyPolicy.from_settings(settings)
         keys = KeyGuard.build(settings, policy=key_policy, engine=engine, sessionmaker=sessionmaker)
+        # Each customer's limits, invalidated with the key cache (metering.limits_cache).
+        limits = LimitsCache(
+            sessionmaker,
+            default_rate=settings.rate_limit,
+            ttl_s=settings.key_cache_ttl_s,
+            max_entries=settings.key_cache_size,
+            trusted=keys.cache.trusted,
+        )
+        keys.cache.follow(limits)
         outbound = Deliverer(
             sessionmaker,
             url=settings.webhook_url,
@@ -86,11 +99,18 @@ class Runtime:
             public_limit=PublicRateLimit(settings.public_rate_limit),
             pricing=Pricing(gateway, settings.stripe_price_id),
             outbound=outbound,
+            limits=limits,
+            rate_limiter=RateLimiter(
+                redis_url=settings.redis_url,
+                unchecked=metrics.rate_limit_unchecked,
+                timeout_s=settings.redis_timeout_s,
+            ),
         )
 
     async def start(self) -> None:
         """Start the background work (the lifespan calls this before serving)."""
         await self.keys.start()
+        await self.rate_limiter.start()
         self.recorder.start()
         self.reporter.start()
         self.outbound.start()
@@ -104,5 +124,6 @@ class Runtime:
             await self.outbound.stop()
         finally:
             await self.gateway.close()
+            await self.rate_limiter.close()
             await self.ledger_engine.dispose()
             await self.engine.dispose()
