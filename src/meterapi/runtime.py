@@ -12,9 +12,11 @@ from meterapi.billing.public_limit import PublicRateLimit
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_sqlite, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
+from meterapi.metering.alerts import ThresholdAlerts
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
 from meterapi.metering.reporter import Reporter
+from meterapi.metering.spend import SpendGuard
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
 from meterapi.outbound import outbox
@@ -38,6 +40,8 @@ class Runtime:
     public_limit: PublicRateLimit
     pricing: Pricing
     outbound: Deliverer
+    spend: SpendGuard
+    alerts: ThresholdAlerts
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -68,6 +72,8 @@ class Runtime:
             poll_s=settings.webhook_poll_s,
         )
         outbox.attach(sessionmaker, outbound.wake)  # after the key cache's own attach
+        pricing = Pricing(gateway, settings.stripe_price_id)
+        spend = SpendGuard(sessionmaker, gateway, settings.stripe_price_id)
         return cls(
             settings=settings,
             engine=engine,
@@ -80,8 +86,10 @@ class Runtime:
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
             public_limit=PublicRateLimit(settings.public_rate_limit),
-            pricing=Pricing(gateway, settings.stripe_price_id),
+            pricing=pricing,
             outbound=outbound,
+            spend=spend,
+            alerts=ThresholdAlerts(sessionmaker, pricing, spend),
         )
 
     async def start(self) -> None:
@@ -90,6 +98,8 @@ class Runtime:
         self.recorder.start()
         self.reporter.start()
         self.outbound.start()
+        await self.spend.start()
+        self.alerts.start()
 
     async def close(self) -> None:
         """Drain the ledger's queue, flush usage to Stripe (bounded), release connections."""
@@ -98,6 +108,8 @@ class Runtime:
             await self.reporter.stop()
             await self.keys.stop()
             await self.outbound.stop()
+            await self.alerts.stop()
+            await self.spend.stop()
         finally:
             await self.gateway.close()
             await self.ledger_engine.dispose()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -165,10 +166,18 @@ _UNAVAILABLE = _unavailable_body()
 class UsageRecording:
     """Records a request's charged units when its 2xx response starts, before it is sent."""
 
-    def __init__(self, app: ASGIApp, *, recorder: UsageRecorder, recorded: Counter) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        recorder: UsageRecorder,
+        recorded: Counter,
+        on_recorded: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.recorder = recorder
         self.recorded = recorded
+        self.on_recorded = on_recorded  # (customer, units) once committed: the spend tally
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -212,6 +221,8 @@ class UsageRecording:
         except LedgerUnavailable:
             return False
         self.recorded.inc(meter.units)
+        if self.on_recorded is not None:
+            self.on_recorded(caller.customer_pk, meter.units)
         return True
 
 
