@@ -37,7 +37,7 @@ def reads(billing: Billing) -> Iterator[list[str]]:
 @pytest.fixture
 async def guard(billing: Billing, stripe_price: str) -> SpendGuard:
     guard = SpendGuard(billing.sessionmaker, billing.gateway, stripe_price, refresh_s=3600)
-    await guard.start()
+    assert await guard.load_price()
     return guard
 
 
@@ -91,7 +91,7 @@ async def test_a_new_period_gives_access_back(
     billing: Billing, stripe_price: str, stripe_sdk: stripe.StripeClient
 ) -> None:
     guard = SpendGuard(billing.sessionmaker, billing.gateway, stripe_price, refresh_s=0.0)
-    await guard.start()
+    assert await guard.load_price()
     customer, _ = await new_customer(billing, stripe_sdk)
     now = utcnow()
     await _set_period(billing, customer, now - timedelta(days=1), now + timedelta(days=29))

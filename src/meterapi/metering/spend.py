@@ -36,11 +36,13 @@ import time
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
+from sqlmodel import col, select
+
 from meterapi.billing.gateway import StripeGateway
 from meterapi.db import Sessionmaker
 from meterapi.errors import DomainError, SpendCapReached
 from meterapi.metering.usage import Period, usage_totals
-from meterapi.models import Customer, utcnow
+from meterapi.models import Customer, CustomerLimit, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,28 @@ class SpendGuard:
         self.touched: set[int] = set()  # customers with units recorded since the alerts looked
 
     async def start(self, *, timeout_s: float = 5.0) -> None:
-        """Read the price before serving, so the first capped request has it."""
+        """Read the price before serving when a customer has a cap, so the first capped request
+        has it (otherwise at the first capped request, which is admitted meanwhile)."""
+        try:
+            async with self._sessionmaker() as session:
+                query = select(CustomerLimit.customer_id).where(
+                    col(CustomerLimit.monthly_spend_cap).is_not(None)
+                )
+                capped = (await session.exec(query.limit(1))).first() is not None
+        except Exception as exc:
+            log.warning("spend caps: the caps could not be read at start: %s", exc)
+            capped = True
+        if capped:
+            await self.load_price(timeout_s=timeout_s)
+
+    async def load_price(self, *, timeout_s: float = 5.0) -> bool:
+        """Read the price now (waiting at most ``timeout_s``); whether it is known."""
+        self._price_tried = -PRICE_RETRY_S
         self._fetch_price()
         if self._price_task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._price_task), timeout_s)
+        return self._unit_amount is not None
 
     async def stop(self) -> None:
         tasks = [t for _, t in self._reads.values()]
