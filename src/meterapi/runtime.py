@@ -15,6 +15,7 @@ from meterapi.keys.guard import KeyGuard
 from meterapi.metering.alerts import ThresholdAlerts
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
+from meterapi.metering.limits_cache import LimitsCache
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.spend import SpendGuard
 from meterapi.metering.usage import InvoicePreviews
@@ -40,6 +41,7 @@ class Runtime:
     public_limit: PublicRateLimit
     pricing: Pricing
     outbound: Deliverer
+    limits: LimitsCache
     spend: SpendGuard
     alerts: ThresholdAlerts
 
@@ -62,6 +64,15 @@ class Runtime:
             metrics=metrics,
         )
         keys = KeyGuard.build(settings, engine=engine, sessionmaker=sessionmaker)
+        # Each customer's limits, invalidated with the key cache (metering.limits_cache).
+        limits = LimitsCache(
+            sessionmaker,
+            default_rate=settings.rate_limit,
+            ttl_s=settings.key_cache_ttl_s,
+            max_entries=settings.key_cache_size,
+            trusted=keys.cache.trusted,
+        )
+        keys.cache.follow(limits)
         outbound = Deliverer(
             sessionmaker,
             url=settings.webhook_url,
@@ -88,6 +99,7 @@ class Runtime:
             public_limit=PublicRateLimit(settings.public_rate_limit),
             pricing=pricing,
             outbound=outbound,
+            limits=limits,
             spend=spend,
             alerts=ThresholdAlerts(sessionmaker, pricing, spend),
         )

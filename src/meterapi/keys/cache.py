@@ -14,6 +14,9 @@ Every invalidation advances ``generation``; a fill records the generation before
 read and is dropped if an invalidation happened meanwhile, so a read that raced a revocation
 can never re-insert the stale state.
 
+Caches of other per-customer facts (a customer's limits) ``follow`` this one: each
+invalidation of a customer, and each clear, reaches them too, so they need no feed of their own.
+
 ``trusted_until`` (monotonic) is how long the invalidation feed vouches for the cache; past it
 every lookup misses, so each request reads the database (``keys.heartbeat``). A cache nobody
 invalidates (a single unit of work) is trusted for ever.
@@ -27,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,14 @@ class CustomerEntry:
     valid_until: float
 
 
+class Follower(Protocol):
+    """A cache of per-customer facts, invalidated whenever the key cache is."""
+
+    def forget(self, customer_ids: Iterable[int]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 class KeyCache:
     def __init__(
         self,
@@ -66,6 +78,7 @@ class KeyCache:
         self._key_digests: dict[str, str] = {}
         self._misses: OrderedDict[str, float] = OrderedDict()
         self._customers: OrderedDict[int, CustomerEntry] = OrderedDict()
+        self._followers: list[Follower] = []
 
     def __repr__(self) -> str:
         return (
@@ -153,8 +166,15 @@ class KeyCache:
 
     # -- invalidation ----------------------------------------------------------------------
 
+    def follow(self, follower: Follower) -> None:
+        """Invalidate ``follower`` whenever this cache is (its customers, or everything)."""
+        self._followers.append(follower)
+
     def invalidate(self, *, key_ids: Iterable[str] = (), customer_ids: Iterable[int] = ()) -> None:
         self.generation += 1
+        customer_ids = tuple(customer_ids)
+        for follower in self._followers:
+            follower.forget(customer_ids)
         for key_id in key_ids:
             digest = self._key_digests.get(key_id)
             if digest is not None:
@@ -164,6 +184,8 @@ class KeyCache:
 
     def clear(self) -> None:
         self.generation += 1
+        for follower in self._followers:
+            follower.clear()
         self._keys.clear()
         self._key_digests.clear()
         self._misses.clear()

@@ -1,6 +1,8 @@
 """A customer's limits (CONTRACT §7): the stored override, what applies, and the spend so far.
 
-This module stores and reads limits; enforcing them on paid routes builds on it. The rate limit
+This module stores and reads limits; the paid path reads them from ``metering.limits_cache``,
+which every change here invalidates (``set_limits`` bumps the cache revision in its own
+transaction). The rate limit
 that applies is the customer's override where the operator set one (which may be "none at all"),
 else ``METERAPI_RATE_LIMIT``. The monthly spend cap is the customer's own; none means no cap.
 The spend is this period's units times the price's unit amount, in the price's minor units.
@@ -19,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from meterapi.billing.gateway import StripeGateway
 from meterapi.config import parse_rate_limit
 from meterapi.errors import DomainError, ValidationFailed
+from meterapi.keys import invalidation
 from meterapi.models import Customer, CustomerLimit, utcnow
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,8 @@ async def set_limits(
     row.updated_at = utcnow()
     session.add(row)
     await session.flush()
+    # Every process's limits cache drops this customer once the change commits.
+    await invalidation.bump(session, customer_id=customer_id)
     return row
 
 
