@@ -101,7 +101,7 @@ class Runtime:
             outbound=outbound,
             limits=limits,
             spend=spend,
-            alerts=ThresholdAlerts(sessionmaker, pricing, spend),
+            alerts=ThresholdAlerts(sessionmaker, pricing, spend, limits),
         )
 
     async def start(self) -> None:
@@ -111,7 +111,7 @@ class Runtime:
         self.reporter.start()
         self.outbound.start()
         await self.spend.start()
-        self.alerts.start()
+        await self.alerts.start()
 
     async def close(self) -> None:
         """Drain the ledger's queue, flush usage to Stripe (bounded), release connections."""

@@ -43,6 +43,7 @@ from meterapi.api.deps import ApiKeyAuth, require_api_key
 from meterapi.errors import UsageNotRecorded
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metrics import Counter
+from meterapi.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,10 @@ async def authenticate_paid(request: Request) -> Caller:
 
 async def _admit(request: Request, caller: Caller) -> None:
     """The limits of a paid call: the rate limit and the spend cap (CONTRACT §7) are checked
-    here, and only here, for Python routes and the gateway alike. None yet."""
+    here, and only here, for Python routes and the gateway alike."""
+    runtime: Runtime = request.app.state.runtime
+    limits = await runtime.limits.get(caller.customer_pk)
+    await runtime.spend.check(caller.customer_pk, limits.monthly_spend_cap)  # 402 at the cap
 
 
 class _PaidAccess(ApiKeyAuth):

@@ -27,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.db import Sessionmaker
 from meterapi.metering.limits import ALERT_THRESHOLDS, Money, Pricing
+from meterapi.metering.limits_cache import LimitsCache
 from meterapi.metering.spend import SpendGuard
 from meterapi.metering.usage import Period, current_period, usage_totals
 from meterapi.models import Customer, CustomerLimit, SpendAlert, utcnow
@@ -70,8 +71,10 @@ async def fire_due(
     reached this period and that have not fired yet, into the caller's transaction."""
     now = now or utcnow()
     limit = await session.get(CustomerLimit, customer_id)
+    if limit is None or limit.monthly_spend_cap is None:
+        return []
     customer = await session.get(Customer, customer_id)
-    if limit is None or limit.monthly_spend_cap is None or customer is None:
+    if customer is None:
         return []
     cap = limit.monthly_spend_cap
     period, spent = await period_spend(session, customer=customer, pricing=pricing, now=now)
@@ -120,17 +123,23 @@ class ThresholdAlerts:
         sessionmaker: Sessionmaker,
         pricing: Pricing,
         guard: SpendGuard,
+        limits: LimitsCache | None = None,
         *,
         interval_s: float = INTERVAL_S,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._pricing = pricing
         self._guard = guard
+        self._limits = limits  # the cached caps: no read for the customers without one
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="meterapi-spend-alerts")
+    async def start(self) -> None:
+        """List the customers with a cap now; their alerts are looked at once in the background
+        (a crossing whose process ended before looking is not lost), then every ``interval_s``
+        those with new usage."""
+        capped = await self._capped()
+        self._task = asyncio.create_task(self._run(capped), name="meterapi-spend-alerts")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -139,12 +148,23 @@ class ThresholdAlerts:
                 await self._task
             self._task = None
 
-    async def _run(self) -> None:
-        await self.evaluate(await self._capped())
+    async def _run(self, capped: set[int]) -> None:
+        await self.evaluate(capped)
         while True:
             await asyncio.sleep(self._interval_s)
             touched, self._guard.touched = self._guard.touched, set()
-            await self.evaluate(touched)
+            await self.evaluate(await self._with_cap(touched))
+
+    async def _with_cap(self, customer_ids: set[int]) -> set[int]:
+        if self._limits is None:
+            return customer_ids
+        capped = set()
+        for customer_id in customer_ids:
+            with contextlib.suppress(Exception):  # unknown: fire_due reads it
+                if (await self._limits.get(customer_id)).monthly_spend_cap is None:
+                    continue
+            capped.add(customer_id)
+        return capped
 
     async def _capped(self) -> set[int]:
         try:
