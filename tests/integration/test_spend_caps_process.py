@@ -25,7 +25,7 @@ from tests.integration.outbound_support import eventually
 from tests.integration.servers import ServeCommand
 from tests.integration.test_process_faults import ledger_total
 
-CAP = 600  # minor units; at the emulator's 0.5 a unit, 1199 units
+CAP = 400  # minor units; at the emulator's 0.5 a unit, 799 units
 CLIENTS = 8
 PEPPER = "a-pepper-for-the-spend-cap-tests"
 # Read from the code, so the test checks the figures the docs state.
@@ -84,7 +84,7 @@ async def test_spend_cap_across_workers_raise_period_and_restart(
     stripe_sdk: stripe.StripeClient,
     emulator_control: EmulatorControl,
 ) -> None:
-    assert LIMIT == 1199 and margin(LIMIT) == 239  # the load crosses the far and near zones
+    assert LIMIT == 799 and margin(LIMIT) == 159  # the load crosses the far and near zones
     payer = await paying_customer(db_url, stripe_sdk, email="capped@example.com", pepper=PEPPER)
     env = {
         "METERAPI_DATABASE_URL": db_url,
