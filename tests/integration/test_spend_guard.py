@@ -12,9 +12,12 @@ import pytest
 import stripe
 from sqlalchemy import event
 
+from meterapi.billing.gateway import StripeGateway
 from meterapi.errors import SpendCapReached
 from meterapi.metering.spend import SpendGuard
 from meterapi.models import Customer, utcnow
+from tests.conftest import make_settings
+from tests.integration.billing_support import NO_STRIPE
 from tests.integration.conftest import Billing, new_customer, record
 
 
@@ -120,3 +123,17 @@ async def _set_period(billing: Billing, customer_id: int, start: Any, end: Any) 
         customer.current_period_start, customer.current_period_end = start, end
         session.add(customer)
         await session.commit()
+
+
+async def test_a_price_stripe_cannot_give_leaves_the_cap_unenforced(
+    db_url: str, billing: Billing, stripe_sdk: stripe.StripeClient
+) -> None:
+    customer, _ = await new_customer(billing, stripe_sdk)
+    nowhere = StripeGateway(make_settings(db_url, stripe_api_base=NO_STRIPE, stripe_timeout_s=0.5))
+    try:
+        guard = SpendGuard(billing.sessionmaker, nowhere, "price_unreadable")
+        assert not await guard.load_price()
+        await used(billing, guard, customer, 30)
+        await guard.check(customer, 10)  # fails open: the spend cannot be priced
+    finally:
+        await nowhere.close()
