@@ -95,7 +95,10 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     check_direct_routes(app)  # and again at start, for routes added to the app since
     # Innermost: it sees the response the route produced, and the layers above see its 503.
     app.add_middleware(
-        UsageRecording, recorder=runtime.recorder, recorded=runtime.metrics.units_recorded
+        UsageRecording,
+        recorder=runtime.recorder,
+        recorded=runtime.metrics.units_recorded,
+        on_recorded=runtime.spend.record,
     )
     if settings.cors_origins:
         app.add_middleware(

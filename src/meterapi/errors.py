@@ -61,6 +61,12 @@ class RateLimited(DomainError):
     message = "Too many requests."
 
 
+class SpendCapReached(DomainError):
+    status_code = 402
+    code = "spend_cap_reached"
+    message = "The monthly spend cap is reached; raise it or wait for the next billing period."
+
+
 class ValidationFailed(DomainError):
     status_code = 422
     code = "validation_error"

@@ -309,3 +309,18 @@ class OutboundEvent(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = _at(default_now=True, index=True)
     delivered_at: datetime | None = _at(nullable=True)
+
+
+class SpendAlert(SQLModel, table=True):
+    """A spend-cap threshold that fired for a customer in one billing period (CONTRACT §7): at
+    most one row, so at most one ``usage.threshold_reached`` event, per threshold and period,
+    whatever the number of processes and restarts."""
+
+    __tablename__ = "spend_alert"
+
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    period_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    threshold_percent: int = Field(primary_key=True)
+    spent: int = Field(sa_column=Column(BigInteger(), nullable=False))  # minor units
+    cap: int = Field(sa_column=Column(BigInteger(), nullable=False))  # minor units
+    fired_at: datetime = _at(default_now=True)

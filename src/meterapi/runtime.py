@@ -13,11 +13,13 @@ from meterapi.config import Settings
 from meterapi.db import Sessionmaker, is_postgres, make_engine, make_sessionmaker
 from meterapi.keys.guard import KeyGuard
 from meterapi.keys.policy import KeyPolicy
+from meterapi.metering.alerts import ThresholdAlerts
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
 from meterapi.metering.limits_cache import LimitsCache
 from meterapi.metering.ratelimit import RateLimiter
 from meterapi.metering.reporter import Reporter
+from meterapi.metering.spend import SpendGuard
 from meterapi.metering.usage import InvoicePreviews
 from meterapi.metrics import Metrics
 from meterapi.outbound import outbox
@@ -44,6 +46,8 @@ class Runtime:
     outbound: Deliverer
     limits: LimitsCache
     rate_limiter: RateLimiter
+    spend: SpendGuard
+    alerts: ThresholdAlerts
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -84,6 +88,8 @@ class Runtime:
             poll_s=settings.webhook_poll_s,
         )
         outbox.attach(sessionmaker, outbound.wake)  # after the key cache's own attach
+        pricing = Pricing(gateway, settings.stripe_price_id)
+        spend = SpendGuard(sessionmaker, gateway, settings.stripe_price_id)
         return cls(
             settings=settings,
             engine=engine,
@@ -97,7 +103,7 @@ class Runtime:
             reporter=reporter,
             invoices=InvoicePreviews(gateway),
             public_limit=PublicRateLimit(settings.public_rate_limit),
-            pricing=Pricing(gateway, settings.stripe_price_id),
+            pricing=pricing,
             outbound=outbound,
             limits=limits,
             rate_limiter=RateLimiter(
@@ -105,6 +111,8 @@ class Runtime:
                 unchecked=metrics.rate_limit_unchecked,
                 timeout_s=settings.redis_timeout_s,
             ),
+            spend=spend,
+            alerts=ThresholdAlerts(sessionmaker, pricing, spend, limits),
         )
 
     async def start(self) -> None:
@@ -114,6 +122,8 @@ class Runtime:
         self.recorder.start()
         self.reporter.start()
         self.outbound.start()
+        await self.spend.start()
+        await self.alerts.start()
 
     async def close(self) -> None:
         """Drain the ledger's queue, flush usage to Stripe (bounded), release connections."""
@@ -122,6 +132,8 @@ class Runtime:
             await self.reporter.stop()
             await self.keys.stop()
             await self.outbound.stop()
+            await self.alerts.stop()
+            await self.spend.stop()
         finally:
             await self.gateway.close()
             await self.rate_limiter.close()

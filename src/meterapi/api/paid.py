@@ -36,7 +36,7 @@ The contract, for routes and for anything else that answers paid requests (the g
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -144,6 +144,7 @@ async def _admit(request: Request, caller: Caller) -> None:
             error = RateLimited("Too many requests for this API key; try again later.")
             error.headers = {"Retry-After": str(verdict.reset_s)}
             raise error
+    await runtime.spend.check(caller.customer_pk, limits.monthly_spend_cap)  # 402 at the cap
 
 
 class _PaidAccess(ApiKeyAuth):
@@ -182,10 +183,18 @@ _UNAVAILABLE = _unavailable_body()
 class UsageRecording:
     """Records a request's charged units when its 2xx response starts, before it is sent."""
 
-    def __init__(self, app: ASGIApp, *, recorder: UsageRecorder, recorded: Counter) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        recorder: UsageRecorder,
+        recorded: Counter,
+        on_recorded: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.recorder = recorder
         self.recorded = recorded
+        self.on_recorded = on_recorded  # (customer, units) once committed: the spend tally
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -232,6 +241,8 @@ class UsageRecording:
         except LedgerUnavailable:
             return False
         self.recorded.inc(meter.units)
+        if self.on_recorded is not None:
+            self.on_recorded(caller.customer_pk, meter.units)
         return True
 
 

@@ -1,0 +1,41 @@
+"""spend-cap threshold alerts that fired, one row per customer, period and threshold
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-30
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import meterapi.models
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    at = meterapi.models.UTCDateTime(timezone=True)
+    op.create_table(
+        "spend_alert",
+        sa.Column("customer_id", sa.Integer(), nullable=False),
+        sa.Column("period_start", at, nullable=False),
+        sa.Column("threshold_percent", sa.Integer(), nullable=False),
+        sa.Column("spent", sa.BigInteger(), nullable=False),
+        sa.Column("cap", sa.BigInteger(), nullable=False),
+        sa.Column("fired_at", at, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["customer_id"], ["customer.id"], name=op.f("fk_spend_alert_customer_id_customer")
+        ),
+        sa.PrimaryKeyConstraint(
+            "customer_id", "period_start", "threshold_percent", name=op.f("pk_spend_alert")
+        ),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("spend_alert")
