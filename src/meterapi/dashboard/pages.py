@@ -22,6 +22,8 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "api.js": "text/javascript; charset=utf-8",
     "chart.js": "text/javascript; charset=utf-8",
+    "limits.js": "text/javascript; charset=utf-8",
+    "money.js": "text/javascript; charset=utf-8",
     "messages.js": "text/javascript; charset=utf-8",
 }
 
@@ -50,7 +52,7 @@ router = APIRouter(include_in_schema=False)
 @router.get("/dashboard")
 @router.get("/dashboard/")
 async def dashboard() -> Response:
-    """The customer dashboard: subscribe, see the new key once, usage, invoice, keys, billing."""
+    """The customer dashboard: subscribe, the new key once, usage, spending limit, keys, billing."""
     return FileResponse(
         STATIC / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
     )
