@@ -3,6 +3,7 @@ backend under test, with the price read from the emulator through the real SDK."
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -240,3 +241,15 @@ async def test_the_openapi_document_describes_both_routes(client: httpx.AsyncCli
     assert schemas["LimitsPut"]["additionalProperties"] is False
     amount = schemas["SpendCapIn"]["properties"]["amount"]
     assert amount["type"] == "integer" and amount["minimum"] == 0
+
+
+async def test_concurrent_changes_all_answer_and_one_wins(
+    client: httpx.AsyncClient, db_url: str, stripe_sdk: stripe.StripeClient
+) -> None:
+    payer = await paying_customer(db_url, stripe_sdk)
+    amounts = [100 * (i + 1) for i in range(8)]
+    answers = await asyncio.gather(
+        *(_put(client, payer.key, {"monthly_spend_cap": {"amount": a}}) for a in amounts)
+    )
+    assert [a.status_code for a in answers] == [200] * len(amounts), [a.text for a in answers]
+    assert (await _limits(client, payer.key))["monthly_spend_cap"]["amount"] in amounts
