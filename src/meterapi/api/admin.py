@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from meterapi.api.customer_limits import LimitsOut, SpendCapIn, read_limits
+from meterapi.api.customer_limits import LimitsOut, SpendCapIn, price_known, read_limits
 from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyIdPath, KeyPublic
 from meterapi.api.usage import UsageOut, usage_of
@@ -102,9 +102,9 @@ class LimitsUpdate(BaseModel):
 
 
 async def limits_of(
-    customer: Customer, *, session: AsyncSession, runtime: Runtime
+    customer: Customer, *, session: AsyncSession, runtime: Runtime, priced: bool
 ) -> OperatorLimitsOut:
-    found, spent = await read_limits(customer, session=session, runtime=runtime)
+    found, spent = await read_limits(customer, session=session, runtime=runtime, priced=priced)
     return OperatorLimitsOut.of(found, spent, rate_limit_overridden=found.rate_limit_overridden)
 
 
@@ -141,6 +141,7 @@ async def list_customers(
 async def get_customer(
     customer_id: CustomerPath, session: SessionDep, runtime: RuntimeDep
 ) -> CustomerDetail:
+    priced = await price_known(runtime)  # before the session holds a connection
     found = await accounts.account(
         session,
         stripe_customer_id=customer_id,
@@ -153,7 +154,7 @@ async def get_customer(
         KeyPublic.model_validate(k)
         for k in await key_service.list_keys(session, customer_id=customer.id)
     ]
-    customer_limits = await limits_of(customer, session=session, runtime=runtime)
+    customer_limits = await limits_of(customer, session=session, runtime=runtime, priced=priced)
     usage = await usage_of(customer, session=session, runtime=runtime)
     return CustomerDetail(
         **CustomerSummary.of(found).model_dump(), keys=keys, usage=usage, limits=customer_limits
@@ -169,6 +170,7 @@ async def get_customer(
 async def put_limits(
     customer_id: CustomerPath, body: LimitsUpdate, session: SessionDep, runtime: RuntimeDep
 ) -> OperatorLimitsOut:
+    priced = await price_known(runtime)  # before the session holds a connection
     customer = await key_service.find_customer(session, stripe_customer_id=customer_id)
     assert customer.id is not None
     given = body.model_fields_set
@@ -181,7 +183,7 @@ async def put_limits(
     await limits.set_limits(
         session, customer_id=customer.id, rate_limit=rate, monthly_spend_cap=cap
     )
-    return await limits_of(customer, session=session, runtime=runtime)
+    return await limits_of(customer, session=session, runtime=runtime, priced=priced)
 
 
 @router.delete(

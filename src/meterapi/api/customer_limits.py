@@ -2,7 +2,8 @@
 
 The customer reads the rate limit that applies to their keys, their monthly spend cap and this
 period's spend, and sets or clears the cap. The operator API shows the same shape for any
-customer: ``read_limits`` and ``LimitsOut.of`` here are the one place that reads and shapes it.
+customer: ``read_limits`` and ``LimitsOut.of`` here are the one place that reads and
+shapes it.
 """
 
 from __future__ import annotations
@@ -105,18 +106,24 @@ class LimitsPut(BaseModel):
     )
 
 
+async def price_known(runtime: Runtime) -> bool:
+    """Whether the price's unit amount can be read. Ask before the request's session holds a
+    connection: it may wait on Stripe (once per process, or again after a failure), and a slow
+    Stripe must not hold the pool that key lookups need. Once read, the amount is kept."""
+    return await runtime.pricing.spend(0) is not None
+
+
 async def read_limits(
-    customer: Customer, *, session: AsyncSession, runtime: Runtime
+    customer: Customer, *, session: AsyncSession, runtime: Runtime, priced: bool
 ) -> tuple[Limits, Money | None]:
-    """What applies to ``customer`` now, and this period's spend (None if the price is unknown)."""
+    """What applies to ``customer`` now, and this period's spend: None unless ``priced``
+    (``price_known`` said so before), so that no Stripe call is made from here."""
     totals = await usage_totals(session, customer=customer, now=utcnow())
     found = await limits.limits_for(
         session, customer=customer, default_rate=runtime.settings.rate_limit, units=totals.units
     )
-    # Hand the connection back before Stripe may be asked for the price (once per process,
-    # or again after it failed): a slow Stripe must not hold the pool key lookups need.
-    await session.commit()
-    return found, await runtime.pricing.spend(found.spent_units)
+    spent = await runtime.pricing.spend(found.spent_units) if priced else None
+    return found, spent
 
 
 async def _own_customer(session: AsyncSession, customer_id: int) -> Customer:
@@ -135,8 +142,9 @@ async def _own_customer(session: AsyncSession, customer_id: int) -> Customer:
 async def get_limits(
     caller: CustomerReadDep, session: SessionDep, runtime: RuntimeDep
 ) -> CustomerLimitsOut:
+    priced = await price_known(runtime)
     customer = await _own_customer(session, caller.customer_id)
-    found, spent = await read_limits(customer, session=session, runtime=runtime)
+    found, spent = await read_limits(customer, session=session, runtime=runtime, priced=priced)
     return CustomerLimitsOut.of(found, spent, can_change=not caller.rotated)
 
 
@@ -149,6 +157,7 @@ async def get_limits(
 async def put_limits(
     body: LimitsPut, caller: CustomerDep, session: SessionDep, runtime: RuntimeDep
 ) -> CustomerLimitsOut:
+    priced = await price_known(runtime)
     customer = await _own_customer(session, caller.customer_id)
     cap = body.monthly_spend_cap
     await limits.set_limits(
@@ -156,5 +165,5 @@ async def put_limits(
         customer_id=caller.customer_id,
         monthly_spend_cap=cap.amount if cap is not None else None,
     )
-    found, spent = await read_limits(customer, session=session, runtime=runtime)
+    found, spent = await read_limits(customer, session=session, runtime=runtime, priced=priced)
     return CustomerLimitsOut.of(found, spent, can_change=True)
