@@ -16,6 +16,7 @@ from meterapi.api import (
     admin_outbound,
     billing,
     claim,
+    customer_limits,
     data,
     keys,
     ops,
@@ -75,7 +76,14 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
     install_error_handlers(app)
     paid = [data.router] if settings.example_routes else []
     # The claim route before the keys router: /v1/keys/claim is not a key id.
-    free = [claim.router, keys.router, usage.router, billing.router, webhooks.router]
+    free = [
+        claim.router,
+        keys.router,
+        usage.router,
+        customer_limits.router,
+        billing.router,
+        webhooks.router,
+    ]
     free.append(dashboard_router)
     if settings.admin_token is not None:
         # Without a token nothing under /admin exists: every path there is a plain 404.
@@ -104,7 +112,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[APIRouter]
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

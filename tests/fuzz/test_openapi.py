@@ -149,6 +149,10 @@ BUSINESS_RULES = {
     "can forge; it is refused with 400 (CONTRACT §3)",
     ("GET", "/admin/v1/reconciliation"): "start and end come together, end after start, both "
     "between 2000 and 2200; refused with 422",
+    # JSON Schema counts 5000.0 as an integer; money is refused unless written as one.
+    ("PUT", "/v1/limits"): "a spend cap's amount is a JSON integer (5000, not 5000.0); 422",
+    ("PUT", "/admin/v1/customers/{customer_id}/limits"): "a spend cap's amount is a JSON "
+    "integer (5000, not 5000.0); 422",
 }
 
 

@@ -12,13 +12,13 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.api.customer_limits import LimitsOut, SpendCapIn, price_known, read_limits
 from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyIdPath, KeyPublic
 from meterapi.api.usage import UsageOut, usage_of
 from meterapi.keys import service as key_service
 from meterapi.metering import accounts, limits
 from meterapi.metering.accounts import Account
-from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, utcnow
 from meterapi.runtime import Runtime
 
@@ -71,32 +71,16 @@ class CustomerList(BaseModel):
     has_more: bool
 
 
-class MoneyOut(BaseModel):
-    amount: int
-    currency: str | None
-
-
-class LimitsOut(BaseModel):
+class OperatorLimitsOut(LimitsOut):
     """As ``GET /v1/limits`` shows them, and whether the rate limit is this customer's own."""
 
-    rate_limit: str | None
-    monthly_spend_cap: MoneyOut | None
-    spent_this_period: MoneyOut | None
-    alert_thresholds: list[int]
     rate_limit_overridden: bool
-    warning: str | None = None
 
 
 class CustomerDetail(CustomerSummary):
     keys: list[KeyPublic]
     usage: UsageOut
-    limits: LimitsOut
-
-
-class SpendCapIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    amount: int = Field(ge=0, le=limits.MAX_SPEND_CAP, description="Minor units of the currency.")
+    limits: OperatorLimitsOut
 
 
 class LimitsUpdate(BaseModel):
@@ -117,22 +101,11 @@ class LimitsUpdate(BaseModel):
     monthly_spend_cap: SpendCapIn | None = None
 
 
-async def limits_of(customer: Customer, *, session: AsyncSession, runtime: Runtime) -> LimitsOut:
-    totals = await usage_totals(session, customer=customer, now=utcnow())
-    found = await limits.limits_for(
-        session, customer=customer, default_rate=runtime.settings.rate_limit, units=totals.units
-    )
-    spent = await runtime.pricing.spend(found.spent_units)
-    currency = spent.currency if spent is not None else None
-    cap = found.monthly_spend_cap
-    return LimitsOut(
-        rate_limit=found.rate_limit,
-        monthly_spend_cap=MoneyOut(amount=cap, currency=currency) if cap is not None else None,
-        spent_this_period=MoneyOut(amount=spent.amount, currency=currency) if spent else None,
-        alert_thresholds=list(limits.ALERT_THRESHOLDS),
-        rate_limit_overridden=found.rate_limit_overridden,
-        warning=None if spent else "The price's unit amount could not be read from Stripe.",
-    )
+async def limits_of(
+    customer: Customer, *, session: AsyncSession, runtime: Runtime, priced: bool
+) -> OperatorLimitsOut:
+    found, spent = await read_limits(customer, session=session, runtime=runtime, priced=priced)
+    return OperatorLimitsOut.of(found, spent, rate_limit_overridden=found.rate_limit_overridden)
 
 
 @router.get(
@@ -168,6 +141,7 @@ async def list_customers(
 async def get_customer(
     customer_id: CustomerPath, session: SessionDep, runtime: RuntimeDep
 ) -> CustomerDetail:
+    priced = await price_known(runtime)  # before the session holds a connection
     found = await accounts.account(
         session,
         stripe_customer_id=customer_id,
@@ -180,7 +154,7 @@ async def get_customer(
         KeyPublic.model_validate(k)
         for k in await key_service.list_keys(session, customer_id=customer.id)
     ]
-    customer_limits = await limits_of(customer, session=session, runtime=runtime)
+    customer_limits = await limits_of(customer, session=session, runtime=runtime, priced=priced)
     usage = await usage_of(customer, session=session, runtime=runtime)
     return CustomerDetail(
         **CustomerSummary.of(found).model_dump(), keys=keys, usage=usage, limits=customer_limits
@@ -189,13 +163,14 @@ async def get_customer(
 
 @router.put(
     "/customers/{customer_id}/limits",
-    response_model=LimitsOut,
+    response_model=OperatorLimitsOut,
     summary="Override a customer's rate limit and set or clear their monthly spend cap",
     responses={**ADMIN_ERRORS, **_NO_CUSTOMER},
 )
 async def put_limits(
     customer_id: CustomerPath, body: LimitsUpdate, session: SessionDep, runtime: RuntimeDep
-) -> LimitsOut:
+) -> OperatorLimitsOut:
+    priced = await price_known(runtime)  # before the session holds a connection
     customer = await key_service.find_customer(session, stripe_customer_id=customer_id)
     assert customer.id is not None
     given = body.model_fields_set
@@ -208,7 +183,7 @@ async def put_limits(
     await limits.set_limits(
         session, customer_id=customer.id, rate_limit=rate, monthly_spend_cap=cap
     )
-    return await limits_of(customer, session=session, runtime=runtime)
+    return await limits_of(customer, session=session, runtime=runtime, priced=priced)
 
 
 @router.delete(

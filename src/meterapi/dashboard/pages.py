@@ -22,6 +22,8 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "api.js": "text/javascript; charset=utf-8",
     "chart.js": "text/javascript; charset=utf-8",
+    "limits.js": "text/javascript; charset=utf-8",
+    "money.js": "text/javascript; charset=utf-8",
     "messages.js": "text/javascript; charset=utf-8",
 }
 
@@ -55,7 +57,7 @@ def html_page(name: str) -> Response:
 @router.get("/dashboard")
 @router.get("/dashboard/")
 async def dashboard() -> Response:
-    """The customer dashboard: subscribe, see the new key once, usage, invoice, keys, billing."""
+    """The customer dashboard: subscribe, the new key once, usage, spending limit, keys, billing."""
     return html_page("index.html")
 
 

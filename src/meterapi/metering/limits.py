@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Final
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.billing.gateway import StripeGateway
@@ -86,7 +87,7 @@ async def set_limits(
     ``rate_limit``: a rate, None for no rate limit, ``DEFAULT`` for the service default.
     ``monthly_spend_cap``: minor units ≥ 0, or None for no cap. ``KEEP`` leaves either as is.
     """
-    row = await session.get(CustomerLimit, customer_id) or CustomerLimit(customer_id=customer_id)
+    row = await _limit_row(session, customer_id)
     if isinstance(rate_limit, str):
         row.rate_limit_set, row.rate_limit = True, validate_rate(rate_limit)
     elif rate_limit is None:
@@ -102,6 +103,22 @@ async def set_limits(
     await session.flush()
     # Every process's limits cache drops this customer once the change commits.
     await invalidation.bump(session, customer_id=customer_id)
+    return row
+
+
+async def _limit_row(session: AsyncSession, customer_id: int) -> CustomerLimit:
+    """The customer's row, made if missing. Two writers racing to make it both get the one row
+    (the loser's insert waits for the winner's commit, fails, and reads it), not an error."""
+    row = await session.get(CustomerLimit, customer_id)
+    if row is not None:
+        return row
+    try:
+        async with session.begin_nested():
+            row = CustomerLimit(customer_id=customer_id)
+            session.add(row)
+    except IntegrityError:
+        row = await session.get(CustomerLimit, customer_id, populate_existing=True)
+        assert row is not None, "the row that collided is there once the other write committed"
     return row
 
 

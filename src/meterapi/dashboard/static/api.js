@@ -143,5 +143,11 @@ export const api = {
     }),
   revokeKey: (id) => request("DELETE", `/v1/keys/${encodeURIComponent(id)}`),
   usage: () => request("GET", "/v1/usage"),
+  limits: () => request("GET", "/v1/limits"),
+  // `amount` in the price's minor units, or null for no cap.
+  setSpendCap: (amount) =>
+    request("PUT", "/v1/limits", {
+      body: { monthly_spend_cap: amount === null ? null : { amount } },
+    }),
   portal: () => request("POST", "/v1/billing/portal", { body: {} }),
 };

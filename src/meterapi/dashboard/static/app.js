@@ -1,8 +1,10 @@
-// The dashboard: subscribe, receive the key once, then usage, invoice, keys and billing.
+// The dashboard: subscribe, receive the key once, then usage, invoice, spending limit, keys
+// and billing.
 // Everything from the server goes into the page with textContent, never as HTML.
 
 import { api, claimStore, keyStore } from "./api.js";
 import { daysOfPeriod, renderChart } from "./chart.js";
+import { createLimitsCard } from "./limits.js";
 import {
   CHECKOUT_CANCELLED,
   CHECKOUT_EXPIRED,
@@ -14,6 +16,7 @@ import {
   isExpiredCheckout,
   isValidEmail,
 } from "./messages.js";
+import { formatMoney } from "./money.js";
 
 const $ = (id) => document.getElementById(id);
 const numberFormat = new Intl.NumberFormat();
@@ -66,18 +69,6 @@ async function busy(button, work, overrides) {
 
 // -- formatting --------------------------------------------------------------------------------
 
-/** Stripe amounts are in the currency's smallest unit (cents; yen for JPY). */
-export function formatMoney(amount, currency) {
-  const code = String(currency || "usd").toUpperCase();
-  try {
-    const format = new Intl.NumberFormat(undefined, { style: "currency", currency: code });
-    const digits = format.resolvedOptions().maximumFractionDigits;
-    return format.format(Number(amount) / 10 ** digits);
-  } catch {
-    return `${(Number(amount) / 100).toFixed(2)} ${code}`;
-  }
-}
-
 function formatDateTime(value) {
   if (!value) return "";
   const date = new Date(value);
@@ -127,9 +118,12 @@ function showSignedIn(signedIn) {
   $("sign-out").hidden = !signedIn;
 }
 
+// Made in start(), once the page's elements exist.
+let limitsCard = null;
+
 async function enterDashboard() {
   showSignedIn(true);
-  await Promise.all([loadUsage(), loadKeys()]);
+  await Promise.all([loadUsage(), loadKeys(), limitsCard.load()]);
 }
 
 function signOut() {
@@ -137,6 +131,7 @@ function signOut() {
   hideNewKey();
   $("keys-body").replaceChildren();
   $("usage-chart").replaceChildren();
+  limitsCard.reset();
   showSignedIn(false);
   notify("You are signed out. Your key was removed from this browser tab.", "info");
   $("sign-in-key").focus();
@@ -170,6 +165,11 @@ async function loadUsage(button) {
     renderUsage(usage);
     if (button) notify("Usage reloaded.", "info");
   }
+}
+
+/** "Reload usage": the figures, and the spend against the limit with its banner. */
+async function reloadUsage(button) {
+  await Promise.all([loadUsage(button), limitsCard.load()]);
 }
 
 // -- keys --------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ async function signIn(event) {
   notify("Signed in.", "success");
   showSignedIn(true);
   renderKeys(listing.data || []);
-  await loadUsage();
+  await Promise.all([loadUsage(), limitsCard.load()]);
 }
 
 async function openPortal(event) {
@@ -418,7 +418,8 @@ async function start() {
     notify("", "info");
     $("main").focus(); // the focused button just disappeared: keep keyboard users in place
   });
-  $("refresh-usage").addEventListener("click", (e) => loadUsage(e.currentTarget));
+  $("refresh-usage").addEventListener("click", (e) => reloadUsage(e.currentTarget));
+  limitsCard = createLimitsCard({ busy, notify });
   $("open-portal").addEventListener("click", openPortal);
 
   $("claim-retry").addEventListener("click", retryClaim);

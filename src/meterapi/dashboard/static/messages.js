@@ -12,6 +12,9 @@ export const MESSAGES = {
     "Your subscription is not active, so API access is paused. " +
     "Open the billing portal to update your payment method or resume your plan.",
   rate_limited: "Too many requests right now. Please wait a moment and try again.",
+  spend_cap_reached:
+    "Your monthly spending limit is reached, so paid calls are refused until the next " +
+    "billing period or a higher limit.",
   ambiguous_api_key:
     "Two different API keys were sent with one request. Send only one key.",
   validation_error: "Some of what you entered is not valid.",
