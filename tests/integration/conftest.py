@@ -11,6 +11,7 @@ import stripe
 from sqlmodel import select
 
 from meterapi.billing.gateway import StripeGateway
+from meterapi.config import Settings
 from meterapi.db import Sessionmaker, make_engine, make_sessionmaker
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.reporter import Reporter
@@ -18,6 +19,52 @@ from meterapi.metrics import Metrics
 from meterapi.models import Customer, UsageReport
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import stripe_settings
+from tests.integration.gateway_support import Payer, paying_customer
+from tests.integration.keys_support import Seeder
+from tests.integration.servers import service_env
+from tests.integration.totals import ledger_total, stripe_total
+
+
+@pytest.fixture
+def seed(sessionmaker: Sessionmaker, settings: Settings) -> Seeder:
+    """Customers and keys for the apps a test runs (they share its database and key pepper)."""
+    return Seeder(sessionmaker, settings.pepper_bytes())
+
+
+@dataclass
+class Stack:
+    """The suite's database and Stripe emulator (with the metered price), for tests that run the
+    service and the ``meterapi`` command as real processes."""
+
+    db_url: str
+    emulator: EmulatorServer
+    price: str
+    sdk: stripe.StripeClient
+    control: EmulatorControl
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The METERAPI_ settings of a process wired to this database and emulator."""
+        return service_env(self.db_url, self.emulator, self.price, **extra)
+
+    async def payer(self, *, email: str = "payer@example.com", pepper: str | None = None) -> Payer:
+        return await paying_customer(self.db_url, self.sdk, email=email, pepper=pepper)
+
+    async def ledger_total(self) -> int:
+        return await ledger_total(self.db_url)
+
+    async def stripe_total(self, stripe_customer_id: str) -> int:
+        return await stripe_total(self.control, stripe_customer_id)
+
+
+@pytest.fixture
+def stack(
+    db_url: str,
+    stripe_emulator: EmulatorServer,
+    stripe_price: str,
+    stripe_sdk: stripe.StripeClient,
+    emulator_control: EmulatorControl,
+) -> Stack:
+    return Stack(db_url, stripe_emulator, stripe_price, stripe_sdk, emulator_control)
 
 
 @dataclass
@@ -72,13 +119,6 @@ async def record(billing: Billing, customer_id: int, n: int) -> None:
             for _ in range(n)
         )
     )
-
-
-async def stripe_total(control: EmulatorControl, stripe_customer_id: str) -> int:
-    events = await control.meter_events(customer=stripe_customer_id)
-    identifiers = [e["identifier"] for e in events["data"]]
-    assert len(identifiers) == len(set(identifiers)), "an identifier was accepted twice"
-    return int(sum(float(e["value"]) for e in events["data"]))
 
 
 async def statuses(billing: Billing) -> dict[str, int]:

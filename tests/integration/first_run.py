@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, wait_until_healthy
 
 START_TIMEOUT_S = 60.0
 BANNER = "EMULATOR MODE"
@@ -55,16 +55,10 @@ class Served:
         self.process = subprocess.Popen(
             self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited early:\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_until_healthy(
+            self.process, self.url, log_path=self.log_path, timeout_s=START_TIMEOUT_S
+        ):
+            return self
         self.stop()
         raise RuntimeError(f"serve did not answer in time:\n{self.output()[-3000:]}")
 

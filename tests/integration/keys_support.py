@@ -15,14 +15,9 @@ from sqlalchemy import event
 from meterapi.db import Sessionmaker, session_scope
 from meterapi.keys import service
 from meterapi.models import ApiKey, Customer
-from meterapi.runtime import Runtime
+from tests.integration import internals
 
 KEY_TABLES = re.compile(r"\b(api_key|customer)\b", re.IGNORECASE)
-
-
-def runtime_of(app: FastAPI) -> Runtime:
-    runtime: Runtime = app.state.runtime
-    return runtime
 
 
 async def seed_customer(
@@ -31,11 +26,12 @@ async def seed_customer(
     stripe_customer_id: str = "cus_alpha",
     status: str | None = "active",
     past_due_since: datetime | None = None,
+    subscription_id: str | None = None,
 ) -> int:
     async with session_scope(sessionmaker) as session:
         customer = Customer(
             stripe_customer_id=stripe_customer_id,
-            subscription_id=f"sub_{stripe_customer_id}" if status else None,
+            subscription_id=subscription_id or (f"sub_{stripe_customer_id}" if status else None),
             subscription_status=status,
             past_due_since=past_due_since,
         )
@@ -45,22 +41,34 @@ async def seed_customer(
         return customer.id
 
 
-async def seed_key(app: FastAPI, customer_id: int, **kwargs: Any) -> tuple[ApiKey, str]:
-    runtime = runtime_of(app)
-    async with session_scope(runtime.sessionmaker) as session:
-        return await service.issue(
-            session, customer_id=customer_id, pepper=runtime.key_policy.pepper, live=False, **kwargs
+@dataclass
+class Seeder:
+    """Customers and keys written straight to the database, as provisioning would leave them.
+
+    Its own connection and the pepper of the settings the app runs with, so it needs nothing from
+    inside a running app: tests then call the app over HTTP with what it made.
+    """
+
+    sessionmaker: Sessionmaker
+    pepper: bytes
+
+    async def customer(self, *, stripe_customer_id: str = "cus_alpha", **customer: Any) -> int:
+        return await seed_customer(
+            self.sessionmaker, stripe_customer_id=stripe_customer_id, **customer
         )
 
+    async def key(self, customer_id: int, **kwargs: Any) -> tuple[ApiKey, str]:
+        async with session_scope(self.sessionmaker) as session:
+            return await service.issue(
+                session, customer_id=customer_id, pepper=self.pepper, live=False, **kwargs
+            )
 
-async def seed_customer_with_key(
-    app: FastAPI, *, stripe_customer_id: str = "cus_alpha", **customer: Any
-) -> tuple[int, str]:
-    customer_id = await seed_customer(
-        runtime_of(app).sessionmaker, stripe_customer_id=stripe_customer_id, **customer
-    )
-    _key, plaintext = await seed_key(app, customer_id)
-    return customer_id, plaintext
+    async def customer_with_key(
+        self, *, stripe_customer_id: str = "cus_alpha", **customer: Any
+    ) -> tuple[int, str]:
+        customer_id = await self.customer(stripe_customer_id=stripe_customer_id, **customer)
+        _key, plaintext = await self.key(customer_id)
+        return customer_id, plaintext
 
 
 @dataclass
@@ -75,7 +83,7 @@ class StatementLog:
 @contextmanager
 def count_statements(app: FastAPI) -> Iterator[StatementLog]:
     """Every statement the app's engine sends while the block runs."""
-    engine = runtime_of(app).engine.sync_engine
+    engine = internals.engine(app).sync_engine
     log = StatementLog()
 
     def record(*args: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,11 +13,64 @@ from pathlib import Path
 
 import httpx
 
+from meterapi.stripe_emulator import EmulatorServer
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def service_env(db_url: str, emulator: EmulatorServer, price: str, **extra: str) -> dict[str, str]:
+    """The METERAPI_ settings of a service (or a ``meterapi`` command) wired to the emulator."""
+    return {
+        "METERAPI_DATABASE_URL": db_url,
+        "METERAPI_STRIPE_API_BASE": emulator.url,
+        "METERAPI_STRIPE_PRICE_ID": price,
+        "METERAPI_REPORT_INTERVAL_S": "0.3",
+        **extra,
+    }
+
+
+def meterapi(
+    env: dict[str, str], *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``meterapi …`` in a subprocess, with only the given METERAPI_ settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("METERAPI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "meterapi.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+async def flush_usage(env: dict[str, str]) -> None:
+    """``meterapi usage flush``, as an operator runs it: everything pending reaches Stripe."""
+    done = await asyncio.to_thread(meterapi, env, "usage", "flush", "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], url: str, *, log_path: Path, timeout_s: float
+) -> bool:
+    """Poll ``/healthz`` until it answers 200 (True) or time runs out (False); raises if the
+    process ends first, with the tail of its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the service exited early (code {process.returncode}):\n{tail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 class ServiceProcess:
@@ -55,18 +109,12 @@ class ServiceProcess:
             self.command(), env=self.env, cwd=self.cwd, stdout=log, stderr=log,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited early: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("service did not start in time")
+        if not wait_until_healthy(
+            self.process, self.url, log_path=self.log_path, timeout_s=timeout_s
+        ):
+            self.kill()
+            raise RuntimeError("service did not start in time")
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, nothing flushed."""

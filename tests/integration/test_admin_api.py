@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,12 +12,13 @@ from fastapi import FastAPI
 from sqlmodel import select
 
 from meterapi.app import create_app
-from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET
+from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker
 from meterapi.models import ReportStatus, UsageReport, utcnow
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import stripe_settings
+from tests.integration import internals
 from tests.integration.admin_support import (
     ADMIN,
     ADMIN_TOKEN,
@@ -29,28 +29,15 @@ from tests.integration.admin_support import (
     send_behind_our_back,
 )
 from tests.integration.billing_support import signed
-from tests.integration.conftest import stripe_total
+from tests.integration.totals import stripe_total
 
 
 @pytest.fixture
-def admin_settings(db_url: str, stripe_emulator: EmulatorServer, stripe_price: str) -> Settings:
+def settings(db_url: str, stripe_emulator: EmulatorServer, stripe_price: str) -> Settings:
+    """The suite's ``app`` and ``client``, with the operator API on (and a rate limit to show)."""
     return stripe_settings(
         db_url, stripe_emulator, stripe_price, admin_token=ADMIN_TOKEN, rate_limit="100/second"
     )
-
-
-@pytest.fixture
-async def admin_app(admin_settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(admin_settings)
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def http(admin_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=admin_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 async def _customers(
@@ -64,7 +51,7 @@ async def _customers(
     ]
 
 
-async def test_missing_or_wrong_token_is_401_in_the_error_shape(http: httpx.AsyncClient) -> None:
+async def test_missing_or_wrong_token_is_401_in_the_error_shape(client: httpx.AsyncClient) -> None:
     for headers in (
         {},
         {"Authorization": "Bearer wrong-token-of-the-same-length-0123456789ab"},
@@ -72,12 +59,12 @@ async def test_missing_or_wrong_token_is_401_in_the_error_shape(http: httpx.Asyn
         {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
         {"X-API-Key": ADMIN_TOKEN},
     ):
-        response = await http.get("/admin/v1/customers", headers=headers)
+        response = await client.get("/admin/v1/customers", headers=headers)
         assert response.status_code == 401, headers
         assert response.json()["error"]["code"] == "invalid_admin_token"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert (await http.get("/admin/v1/customers", headers=ADMIN)).status_code == 200
-    assert (await http.get("/admin")).status_code == 200  # the page itself holds no data
+    assert (await client.get("/admin/v1/customers", headers=ADMIN)).status_code == 200
+    assert (await client.get("/admin")).status_code == 200  # the page itself holds no data
 
 
 async def test_without_a_token_everything_under_admin_is_404(
@@ -105,9 +92,9 @@ async def test_without_a_token_everything_under_admin_is_404(
 
 
 async def test_the_openapi_document_has_an_admin_tag_and_bearer_scheme(
-    http: httpx.AsyncClient,
+    client: httpx.AsyncClient,
 ) -> None:
-    document = (await http.get("/openapi.json")).json()
+    document = (await client.get("/openapi.json")).json()
     scheme = document["components"]["securitySchemes"]["AdminToken"]
     assert scheme == {
         "type": "http",
@@ -127,24 +114,24 @@ async def test_the_openapi_document_has_an_admin_tag_and_bearer_scheme(
 
 
 async def test_customers_are_paged_with_status_access_usage_and_keys(
-    http: httpx.AsyncClient,
-    admin_settings: Settings,
+    client: httpx.AsyncClient,
+    settings: Settings,
     sessionmaker: Sessionmaker,
     stripe_sdk: stripe.StripeClient,
 ) -> None:
-    seeded = await _customers(sessionmaker, stripe_sdk, admin_settings, 5)
+    seeded = await _customers(sessionmaker, stripe_sdk, settings, 5)
     cancelled, _ = await seed_customer(
         sessionmaker, stripe_sdk, email="gone@example.com", status="canceled",
-        pepper=admin_settings.pepper_bytes(),
+        pepper=settings.pepper_bytes(),
     )  # fmt: skip
-    await call_paid(http, seeded[1][1], 3)
+    await call_paid(client, seeded[1][1], 3)
 
     seen: list[dict[str, Any]] = []
     after = None
     pages = 0
     while True:
         params = {"limit": 2, **({"starting_after": after} if after else {})}
-        page = (await http.get("/admin/v1/customers", params=params, headers=ADMIN)).json()
+        page = (await client.get("/admin/v1/customers", params=params, headers=ADMIN)).json()
         pages += 1
         seen += page["data"]
         if not page["has_more"]:
@@ -162,26 +149,26 @@ async def test_customers_are_paged_with_status_access_usage_and_keys(
     assert by_id[seeded[0][0]]["email"] == "c0@example.com"
 
     for bad in ({"limit": 0}, {"limit": 101}, {"limit": "x"}):
-        response = await http.get("/admin/v1/customers", params=bad, headers=ADMIN)
+        response = await client.get("/admin/v1/customers", params=bad, headers=ADMIN)
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "validation_error"
-    unknown = await http.get(
+    unknown = await client.get(
         "/admin/v1/customers", params={"starting_after": "cus_nobody"}, headers=ADMIN
     )
     assert unknown.status_code == 404
-    typo = await http.get("/admin/v1/customers", params={"starting_afer": "x"}, headers=ADMIN)
+    typo = await client.get("/admin/v1/customers", params={"starting_afer": "x"}, headers=ADMIN)
     assert typo.status_code == 422 and "starting_afer" in typo.json()["error"]["message"]
 
 
 async def test_customer_detail_limits_and_key_revocation(
-    http: httpx.AsyncClient,
-    admin_settings: Settings,
+    client: httpx.AsyncClient,
+    settings: Settings,
     sessionmaker: Sessionmaker,
     stripe_sdk: stripe.StripeClient,
 ) -> None:
-    ((cus, key),) = await _customers(sessionmaker, stripe_sdk, admin_settings, 1)
-    await call_paid(http, key, 4)
-    detail = (await http.get(f"/admin/v1/customers/{cus}", headers=ADMIN)).json()
+    ((cus, key),) = await _customers(sessionmaker, stripe_sdk, settings, 1)
+    await call_paid(client, key, 4)
+    detail = (await client.get(f"/admin/v1/customers/{cus}", headers=ADMIN)).json()
     assert detail["usage"]["customer_id"] == cus and detail["usage"]["units"] == 4
     assert [k["last4"] for k in detail["keys"]] == [key[-4:]]
     assert detail["limits"] == {
@@ -193,9 +180,9 @@ async def test_customer_detail_limits_and_key_revocation(
         "rate_limit_overridden": False,
         "warning": None,
     }
-    assert (await http.get("/admin/v1/customers/cus_nobody", headers=ADMIN)).status_code == 404
+    assert (await client.get("/admin/v1/customers/cus_nobody", headers=ADMIN)).status_code == 404
 
-    put = await http.put(
+    put = await client.put(
         f"/admin/v1/customers/{cus}/limits",
         json={"rate_limit": "50/second", "monthly_spend_cap": {"amount": 5000}},
         headers=ADMIN,
@@ -204,11 +191,11 @@ async def test_customer_detail_limits_and_key_revocation(
     assert put.json()["rate_limit"] == "50/second" and put.json()["rate_limit_overridden"]
     assert put.json()["monthly_spend_cap"] == {"amount": 5000, "currency": "usd"}
     # Omitted fields stay; null rate is "no rate limit"; "default" goes back to the default.
-    put = await http.put(
+    put = await client.put(
         f"/admin/v1/customers/{cus}/limits", json={"rate_limit": None}, headers=ADMIN
     )
     assert put.json()["rate_limit"] is None and put.json()["monthly_spend_cap"]["amount"] == 5000
-    put = await http.put(
+    put = await client.put(
         f"/admin/v1/customers/{cus}/limits",
         json={"rate_limit": "default", "monthly_spend_cap": None},
         headers=ADMIN,
@@ -223,35 +210,35 @@ async def test_customer_detail_limits_and_key_revocation(
         {"monthly_spend_cap": 5},
         {"other": 1},
     ):
-        response = await http.put(f"/admin/v1/customers/{cus}/limits", json=bad, headers=ADMIN)
+        response = await client.put(f"/admin/v1/customers/{cus}/limits", json=bad, headers=ADMIN)
         assert response.status_code == 422, bad
 
     key_id = detail["keys"][0]["id"]
-    only = await http.delete(f"/admin/v1/customers/{cus}/keys/{key_id}", headers=ADMIN)
+    only = await client.delete(f"/admin/v1/customers/{cus}/keys/{key_id}", headers=ADMIN)
     assert only.status_code == 409 and only.json()["error"]["code"] == "last_active_key"
-    revoked = await http.delete(
+    revoked = await client.delete(
         f"/admin/v1/customers/{cus}/keys/{key_id}?force=true", headers=ADMIN
     )
     assert revoked.status_code == 204
-    assert (await http.get("/v1/data", headers={"X-API-Key": key})).status_code == 401
-    other = await http.delete(f"/admin/v1/customers/cus_nobody/keys/{key_id}", headers=ADMIN)
+    assert (await client.get("/v1/data", headers={"X-API-Key": key})).status_code == 401
+    other = await client.delete(f"/admin/v1/customers/cus_nobody/keys/{key_id}", headers=ADMIN)
     assert other.status_code == 404
 
 
 async def test_a_parked_report_is_retried_under_its_identifier_and_counted_once(
-    http: httpx.AsyncClient,
-    admin_settings: Settings,
+    client: httpx.AsyncClient,
+    settings: Settings,
     sessionmaker: Sessionmaker,
     stripe_sdk: stripe.StripeClient,
     emulator_control: EmulatorControl,
 ) -> None:
-    ((cus, key),) = await _customers(sessionmaker, stripe_sdk, admin_settings, 1)
+    ((cus, key),) = await _customers(sessionmaker, stripe_sdk, settings, 1)
     # Stripe refuses every meter event for now: whatever the reporter sends is parked.
     await emulator_control.inject_fault("error", "/v1/billing/meter_events", status=400, count=None)
-    await call_paid(http, key, 6)
+    await call_paid(client, key, 6)
 
     async def listed(status: str) -> list[dict[str, Any]]:
-        page = await http.get("/admin/v1/reports", params={"status": status}, headers=ADMIN)
+        page = await client.get("/admin/v1/reports", params={"status": status}, headers=ADMIN)
         return [r for r in page.json()["data"] if r["customer_id"] == cus]
 
     async def all_parked() -> list[dict[str, Any]]:
@@ -264,7 +251,7 @@ async def test_a_parked_report_is_retried_under_its_identifier_and_counted_once(
     await emulator_control.clear_faults()
 
     for report in parked:
-        retried = await http.post(f"/admin/v1/reports/{report['id']}/retry", headers=ADMIN)
+        retried = await client.post(f"/admin/v1/reports/{report['id']}/retry", headers=ADMIN)
         assert retried.status_code == 200, retried.text
         assert retried.json()["identifier"] == report["identifier"]
         assert retried.json()["status"] == "pending"
@@ -282,14 +269,14 @@ async def test_a_parked_report_is_retried_under_its_identifier_and_counted_once(
         assert len((await session.exec(select(UsageReport))).all()) == len(parked)
 
     report = parked[0]
-    again = await http.post(f"/admin/v1/reports/{report['id']}/retry", headers=ADMIN)
+    again = await client.post(f"/admin/v1/reports/{report['id']}/retry", headers=ADMIN)
     assert again.status_code == 409 and again.json()["error"]["code"] == "report_not_parked"
-    missing = await http.post("/admin/v1/reports/999999/retry", headers=ADMIN)
+    missing = await client.post("/admin/v1/reports/999999/retry", headers=ADMIN)
     assert missing.status_code == 404
 
 
 async def test_reports_are_paged_by_status(
-    http: httpx.AsyncClient, sessionmaker: Sessionmaker
+    client: httpx.AsyncClient, sessionmaker: Sessionmaker
 ) -> None:
     ((cus, _),) = [("cus_paging", "")]
     async with sessionmaker() as session:
@@ -309,33 +296,33 @@ async def test_reports_are_paged_by_status(
                 )
             )  # fmt: skip
         await session.commit()
-    first = (await http.get("/admin/v1/reports?status=parked&limit=2", headers=ADMIN)).json()
+    first = (await client.get("/admin/v1/reports?status=parked&limit=2", headers=ADMIN)).json()
     assert [r["identifier"] for r in first["data"]] == ["mapi_test_0", "mapi_test_2"]
     assert first["has_more"]
     after = first["data"][-1]["id"]
     rest = (
-        await http.get(f"/admin/v1/reports?status=parked&starting_after={after}", headers=ADMIN)
+        await client.get(f"/admin/v1/reports?status=parked&starting_after={after}", headers=ADMIN)
     ).json()
     assert [r["identifier"] for r in rest["data"]] == ["mapi_test_4"] and not rest["has_more"]
-    sent = (await http.get("/admin/v1/reports?status=sent", headers=ADMIN)).json()
+    sent = (await client.get("/admin/v1/reports?status=sent", headers=ADMIN)).json()
     assert [r["units"] for r in sent["data"]] == [2, 4]
-    bad = await http.get("/admin/v1/reports?status=lost", headers=ADMIN)
+    bad = await client.get("/admin/v1/reports?status=lost", headers=ADMIN)
     assert bad.status_code == 422
 
 
 async def test_reconciliation_is_zero_after_a_normal_run_and_finds_injected_drift(
-    admin_app: FastAPI,
-    http: httpx.AsyncClient,
-    admin_settings: Settings,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    settings: Settings,
     sessionmaker: Sessionmaker,
     stripe_sdk: stripe.StripeClient,
 ) -> None:
-    seeded = await _customers(sessionmaker, stripe_sdk, admin_settings, 3)
+    seeded = await _customers(sessionmaker, stripe_sdk, settings, 3)
     for i, (_, key) in enumerate(seeded):
-        await call_paid(http, key, 2 + i)
-    assert await admin_app.state.runtime.reporter.flush(timeout_s=10) == 0
+        await call_paid(client, key, 2 + i)
+    assert await internals.flush_reports(app) == 0
 
-    rows = (await http.get("/admin/v1/reconciliation", headers=ADMIN)).json()["data"]
+    rows = (await client.get("/admin/v1/reconciliation", headers=ADMIN)).json()["data"]
     assert [(r["customer_id"], r["ledger_units"], r["stripe_units"], r["drift"]) for r in rows] == [
         (cus, 2 + i, 2 + i, 0) for i, (cus, _) in enumerate(seeded)
     ]
@@ -345,8 +332,8 @@ async def test_reconciliation_is_zero_after_a_normal_run_and_finds_injected_drif
         stripe_sdk, stripe_customer_id=seeded[1][0], value=7, identifier=f"rogue-{seeded[1][0]}"
     )
     # Usage not yet reported is pending, not drift.
-    await call_paid(http, seeded[2][1], 5)
-    rows = (await http.get("/admin/v1/reconciliation", headers=ADMIN)).json()["data"]
+    await call_paid(client, seeded[2][1], 5)
+    rows = (await client.get("/admin/v1/reconciliation", headers=ADMIN)).json()["data"]
     drift = {r["customer_id"]: r["drift"] for r in rows}
     assert drift == {seeded[0][0]: 0, seeded[1][0]: 7, seeded[2][0]: 0}
 
@@ -354,7 +341,7 @@ async def test_reconciliation_is_zero_after_a_normal_run_and_finds_injected_drif
     start = (utcnow() - timedelta(days=3)).isoformat()
     end = (utcnow() - timedelta(days=2)).isoformat()
     rows = (
-        await http.get(
+        await client.get(
             "/admin/v1/reconciliation", params={"start": start, "end": end}, headers=ADMIN
         )
     ).json()["data"]
@@ -364,12 +351,12 @@ async def test_reconciliation_is_zero_after_a_normal_run_and_finds_injected_drif
         {"start": end, "end": start},
         {"start": "0001-01-01T00:00:00", "end": end},
     ):
-        response = await http.get("/admin/v1/reconciliation", params=bad, headers=ADMIN)
+        response = await client.get("/admin/v1/reconciliation", params=bad, headers=ADMIN)
         assert response.status_code == 422, bad
 
 
 async def test_a_failed_stripe_event_is_listed_and_replayed_through_the_same_handler(
-    http: httpx.AsyncClient,
+    client: httpx.AsyncClient,
     sessionmaker: Sessionmaker,
     stripe_sdk: stripe.StripeClient,
     stripe_price: str,
@@ -381,50 +368,50 @@ async def test_a_failed_stripe_event_is_listed_and_replayed_through_the_same_han
         "error", f"/v1/subscriptions/{sub_id}", method="GET", status=500, count=3
     )
     body, headers = signed(evt, secret=EMULATOR_WEBHOOK_SECRET)
-    delivered = await http.post("/webhooks/stripe", content=body, headers=headers)
+    delivered = await client.post("/webhooks/stripe", content=body, headers=headers)
     assert delivered.status_code >= 500
 
-    failed = (await http.get("/admin/v1/stripe-events?status=failed", headers=ADMIN)).json()
+    failed = (await client.get("/admin/v1/stripe-events?status=failed", headers=ADMIN)).json()
     (listed,) = failed["data"]
     assert listed["id"] == evt["id"] and listed["type"] == "checkout.session.completed"
     assert listed["status"] == "failed" and listed["last_error"] and listed["attempts"] == 1
 
-    replayed = await http.post(f"/admin/v1/stripe-events/{evt['id']}/replay", headers=ADMIN)
+    replayed = await client.post(f"/admin/v1/stripe-events/{evt['id']}/replay", headers=ADMIN)
     assert replayed.status_code == 200, replayed.text
     assert replayed.json() == {"id": evt["id"], "outcome": "processed", "last_error": None}
-    customers = (await http.get("/admin/v1/customers", headers=ADMIN)).json()["data"]
+    customers = (await client.get("/admin/v1/customers", headers=ADMIN)).json()["data"]
     assert [(c["customer_id"], c["access"]) for c in customers] == [
         (evt["data"]["object"]["customer"], "allowed")
     ]
-    assert (await http.get("/admin/v1/stripe-events", headers=ADMIN)).json()["data"] == []
+    assert (await client.get("/admin/v1/stripe-events", headers=ADMIN)).json()["data"] == []
 
-    again = await http.post(f"/admin/v1/stripe-events/{evt['id']}/replay", headers=ADMIN)
+    again = await client.post(f"/admin/v1/stripe-events/{evt['id']}/replay", headers=ADMIN)
     assert again.status_code == 409 and again.json()["error"]["code"] == "event_already_processed"
-    unknown = await http.post("/admin/v1/stripe-events/evt_nothing/replay", headers=ADMIN)
+    unknown = await client.post("/admin/v1/stripe-events/evt_nothing/replay", headers=ADMIN)
     assert unknown.status_code == 404
 
 
 async def test_reconciliation_backs_off_when_stripe_rate_limits_and_reports_progress(
-    admin_app: FastAPI,
-    admin_settings: Settings,
+    app: FastAPI,
+    settings: Settings,
     sessionmaker: Sessionmaker,
     stripe_sdk: stripe.StripeClient,
     emulator_control: EmulatorControl,
 ) -> None:
     from meterapi.metering.reconcile import Reconciler
 
-    seeded = await _customers(sessionmaker, stripe_sdk, admin_settings, 4)
+    seeded = await _customers(sessionmaker, stripe_sdk, settings, 4)
     await emulator_control.inject_fault(
         "rate_limit", "/v1/billing/meters/*/event_summaries", count=5
     )
     progress: list[tuple[int, int]] = []
-    runtime = admin_app.state.runtime
-    rows = await Reconciler(
-        runtime.sessionmaker,
-        runtime.gateway,
-        concurrency=2,
-        on_progress=lambda *p: progress.append(p),
-    ).run()
+    gateway = StripeGateway(settings)
+    try:
+        rows = await Reconciler(
+            sessionmaker, gateway, concurrency=2, on_progress=lambda *p: progress.append(p)
+        ).run()
+    finally:
+        await gateway.close()
     assert [(r.customer_id, r.drift) for r in rows] == [(cus, 0) for cus, _ in seeded]
     assert progress[-1] == (4, 4) and len(progress) == 4
     # Every one of the five 429s was met (an exhausted rule is dropped) and retried past.

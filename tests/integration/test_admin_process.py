@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +25,12 @@ from tests.integration.admin_support import (
     send_behind_our_back,
 )
 from tests.integration.billing_support import signed
-from tests.integration.conftest import stripe_total
-from tests.integration.servers import ServiceProcess, free_port
+from tests.integration.servers import ServiceProcess, free_port, meterapi, service_env
+from tests.integration.totals import stripe_total
 
 
 def _env(db_url: str, emulator: EmulatorServer, price: str, **extra: str) -> dict[str, str]:
-    return {
-        "METERAPI_DATABASE_URL": db_url,
-        "METERAPI_STRIPE_API_BASE": emulator.url,
-        "METERAPI_STRIPE_PRICE_ID": price,
-        "METERAPI_REPORT_INTERVAL_S": "0.2",
-        **extra,
-    }
-
-
-def meterapi(
-    env: dict[str, str], *args: str, timeout_s: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``meterapi …`` in a subprocess, with only the given METERAPI_ settings."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("METERAPI_")}
-    return subprocess.run(
-        [sys.executable, "-m", "meterapi.cli", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+    return service_env(db_url, emulator, price, METERAPI_REPORT_INTERVAL_S="0.2", **extra)
 
 
 def test_a_short_admin_token_stops_the_start_with_a_clear_line(

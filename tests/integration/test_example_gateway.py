@@ -9,32 +9,24 @@ import sys
 from pathlib import Path
 
 import httpx
-import stripe
 
-from meterapi.stripe_emulator import EmulatorServer
-from tests.integration.gateway_support import ROOT, UpstreamProcess, paying_customer
+from tests.integration.conftest import Stack
+from tests.integration.gateway_support import ROOT, UpstreamProcess
 from tests.integration.servers import ServiceProcess
-from tests.integration.test_process_faults import ledger_total, service_env
 
 EXAMPLE = ROOT / "examples" / "gateway"
 SECRET = "change-me"
 
 
-async def test_the_gateway_example(
-    db_url: str,
-    tmp_path: Path,
-    stripe_emulator: EmulatorServer,
-    stripe_price: str,
-    stripe_sdk: stripe.StripeClient,
-) -> None:
-    payer = await paying_customer(db_url, stripe_sdk)
+async def test_the_gateway_example(stack: Stack, tmp_path: Path) -> None:
+    payer = await stack.payer()
     command = [sys.executable, str(EXAMPLE / "upstream.py"), "--port", "{port}"]
     upstream = UpstreamProcess(
         tmp_path / "upstream.log", command=command, env={"UPSTREAM_SECRET": SECRET}
     )
-    env = service_env(db_url, stripe_emulator, stripe_price)
-    env["METERAPI_GATEWAY_FILE"] = str(EXAMPLE / "gateway.toml")
-    env["METERAPI_UPSTREAM_SECRET"] = SECRET
+    env = stack.env(
+        METERAPI_GATEWAY_FILE=str(EXAMPLE / "gateway.toml"), METERAPI_UPSTREAM_SECRET=SECRET
+    )
     with upstream:
         env["METERAPI_UPSTREAM_URL"] = upstream.url
         service = ServiceProcess(env, log_path=tmp_path / "service.log")
@@ -59,4 +51,4 @@ async def test_the_gateway_example(
                 assert direct.status_code == 401
         finally:
             assert await asyncio.to_thread(service.terminate)
-    assert await ledger_total(db_url) == 1 + 4
+    assert await stack.ledger_total() == 1 + 4

@@ -15,22 +15,18 @@ import pytest
 import stripe
 
 from meterapi.app import create_app
-from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
+from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration.billing_support import AppServer
+from tests.integration.conftest import Stack
 from tests.integration.gateway_support import (
     Payer,
     UpstreamProcess,
     gateway_file,
     paying_customer,
 )
-from tests.integration.servers import ServiceProcess, free_port
-from tests.integration.test_process_faults import (
-    flush_all,
-    ledger_total,
-    service_env,
-    stripe_total,
-)
+from tests.integration.servers import ServiceProcess, flush_usage, free_port
+from tests.integration.totals import ledger_total
 
 SECRET = "upstream-signing-secret-for-tests"
 MAX_BODY = 64 * 1024
@@ -304,22 +300,17 @@ async def test_openapi_lists_the_gateway_routes(client: httpx.AsyncClient) -> No
 
 
 async def test_stripe_total_is_the_units_of_the_upstreams_2xx(
-    db_url: str,
-    tmp_path: Path,
-    stripe_emulator: EmulatorServer,
-    stripe_price: str,
-    stripe_sdk: stripe.StripeClient,
-    emulator_control: EmulatorControl,
-    upstream: UpstreamProcess,
+    stack: Stack, tmp_path: Path, upstream: UpstreamProcess
 ) -> None:
     """Through a real service process, with Stripe failing some meter events on the way."""
-    payer = await paying_customer(db_url, stripe_sdk)
-    env = service_env(db_url, stripe_emulator, stripe_price)
-    env["METERAPI_GATEWAY_FILE"] = str(gateway_file(tmp_path, timeout_s=3.0))
-    env["METERAPI_UPSTREAM_URL"] = upstream.url
+    payer = await stack.payer()
+    env = stack.env(
+        METERAPI_GATEWAY_FILE=str(gateway_file(tmp_path, timeout_s=3.0)),
+        METERAPI_UPSTREAM_URL=upstream.url,
+    )
     meter_events = "/v1/billing/meter_events"
-    await emulator_control.inject_fault("error", path=meter_events, status=500, count=3)
-    await emulator_control.inject_fault("rate_limit", path=meter_events, count=2)
+    await stack.control.inject_fault("error", path=meter_events, status=500, count=3)
+    await stack.control.inject_fault("rate_limit", path=meter_events, count=2)
     service = ServiceProcess(env, log_path=tmp_path / "service.log")
     await asyncio.to_thread(service.start)
     # (path, query, the units a 2xx of it costs)
@@ -355,6 +346,6 @@ async def test_stripe_total_is_the_units_of_the_upstreams_2xx(
     finally:
         assert await asyncio.to_thread(service.terminate)  # flushes what is pending
     assert expected == 3 * 4 * (2 + 11 + 2 + 3) + 5
-    assert await ledger_total(db_url) == expected
-    await flush_all(db_url, stripe_emulator, stripe_price)
-    assert await stripe_total(emulator_control, payer.customer) == expected
+    assert await stack.ledger_total() == expected
+    await flush_usage(env)
+    assert await stack.stripe_total(payer.customer) == expected

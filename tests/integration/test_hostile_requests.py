@@ -18,11 +18,11 @@ from sqlalchemy import exc as sa_exc
 
 from meterapi.app import create_app
 from meterapi.billing.claim import claim_token
-from meterapi.db import make_engine
+from meterapi.db import Sessionmaker, make_engine
 from meterapi.models import ApiKey, UTCDateTime
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import make_settings, stripe_settings
-from tests.integration.keys_support import headers, seed_customer_with_key
+from tests.integration.keys_support import Seeder, headers
 
 
 @asynccontextmanager
@@ -43,10 +43,10 @@ def client_from(app: FastAPI, address: str = "127.0.0.1") -> httpx.AsyncClient:
     "expires_at", ["9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59.999999-00:01"]
 )
 async def test_an_expiry_past_year_9999_in_utc_is_422(
-    db_url: str, expires_at: str, caplog: pytest.LogCaptureFixture
+    db_url: str, expires_at: str, caplog: pytest.LogCaptureFixture, seed: Seeder
 ) -> None:
     async with served(create_app(make_settings(db_url))) as app, client_from(app) as client:
-        _, key = await seed_customer_with_key(app)
+        _, key = await seed.customer_with_key()
         response = await client.post(
             "/v1/keys", headers=headers(key), json={"name": "edge", "expires_at": expires_at}
         )
@@ -83,7 +83,7 @@ async def test_database_errors_do_not_carry_bound_parameters(db_url: str) -> Non
 
 
 async def test_an_unhandled_error_is_logged_without_its_text_or_parameters(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, sessionmaker: Sessionmaker, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(make_settings(db_url))
     marker = "secret_" + secrets.token_hex(8)
@@ -95,8 +95,8 @@ async def test_an_unhandled_error_is_logged_without_its_text_or_parameters(
     @app.get("/boom-sql")
     async def boom_sql() -> None:
         # A naive datetime is refused while binding: a StatementError that, shown in full,
-        # would quote the other parameters too.
-        async with app.state.runtime.sessionmaker() as session:
+        # would quote the other parameters too (the service's engine settings, make_engine's).
+        async with sessionmaker() as session:
             session.add(
                 ApiKey(
                     id="key_x",

@@ -8,8 +8,10 @@ import httpx
 from fastapi import FastAPI
 
 from meterapi.api.deps import get_key_policy
+from meterapi.config import Settings
 from meterapi.keys.policy import KeyPolicy
-from tests.integration.keys_support import headers, runtime_of, seed_customer_with_key
+from tests.integration import internals
+from tests.integration.keys_support import Seeder, headers
 
 PUBLIC_FIELDS = {
     "id",
@@ -23,8 +25,8 @@ PUBLIC_FIELDS = {
 }
 
 
-async def test_list_shows_public_fields_only(app: FastAPI, client: httpx.AsyncClient) -> None:
-    _, key = await seed_customer_with_key(app)
+async def test_list_shows_public_fields_only(client: httpx.AsyncClient, seed: Seeder) -> None:
+    _, key = await seed.customer_with_key()
     response = await client.get("/v1/keys", headers=headers(key))
     assert response.status_code == 200
     [listed] = response.json()["data"]
@@ -33,8 +35,8 @@ async def test_list_shows_public_fields_only(app: FastAPI, client: httpx.AsyncCl
     assert key not in response.text and "digest" not in response.text
 
 
-async def test_create_returns_the_key_once(app: FastAPI, client: httpx.AsyncClient) -> None:
-    _, key = await seed_customer_with_key(app)
+async def test_create_returns_the_key_once(client: httpx.AsyncClient, seed: Seeder) -> None:
+    _, key = await seed.customer_with_key()
     response = await client.post(
         "/v1/keys", headers=headers(key), json={"name": "ci", "expires_at": "2999-01-01T00:00:00Z"}
     )
@@ -49,8 +51,8 @@ async def test_create_returns_the_key_once(app: FastAPI, client: httpx.AsyncClie
     assert no_body.status_code == 201 and no_body.json()["key"]["name"] == "default"
 
 
-async def test_create_refuses_bad_bodies(app: FastAPI, client: httpx.AsyncClient) -> None:
-    _, key = await seed_customer_with_key(app)
+async def test_create_refuses_bad_bodies(client: httpx.AsyncClient, seed: Seeder) -> None:
+    _, key = await seed.customer_with_key()
     past = await client.post(
         "/v1/keys", headers=headers(key), json={"expires_at": "2001-01-01T00:00:00Z"}
     )
@@ -64,9 +66,9 @@ async def test_create_refuses_bad_bodies(app: FastAPI, client: httpx.AsyncClient
 
 
 async def test_rotate_keeps_the_old_key_for_the_grace(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, old = await seed_customer_with_key(app)
+    _, old = await seed.customer_with_key()
     [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
     rotated = await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))
     assert rotated.status_code == 201
@@ -85,9 +87,9 @@ async def test_rotate_keeps_the_old_key_for_the_grace(
 
 
 async def test_rotate_with_no_grace_refuses_the_old_key_at_once(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, old = await seed_customer_with_key(app)
+    _, old = await seed.customer_with_key()
     assert (await client.get("/v1/data", headers=headers(old))).status_code == 200  # cached
     [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
     rotated = await client.post(
@@ -105,9 +107,9 @@ async def test_rotate_with_no_grace_refuses_the_old_key_at_once(
 
 
 async def test_revoke_takes_effect_on_the_next_request(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     created = (await client.post("/v1/keys", headers=headers(key))).json()
     second = created["api_key"]
     assert (await client.get("/v1/data", headers=headers(second))).status_code == 200  # cached
@@ -122,9 +124,9 @@ async def test_revoke_takes_effect_on_the_next_request(
 
 
 async def test_the_only_active_key_cannot_be_revoked(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     [listed] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
     response = await client.delete(f"/v1/keys/{listed['id']}", headers=headers(key))
     assert response.status_code == 409
@@ -132,9 +134,9 @@ async def test_the_only_active_key_cannot_be_revoked(
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
 
 
-async def test_another_customers_key_is_not_found(app: FastAPI, client: httpx.AsyncClient) -> None:
-    _, mine = await seed_customer_with_key(app)
-    _, theirs = await seed_customer_with_key(app, stripe_customer_id="cus_beta")
+async def test_another_customers_key_is_not_found(client: httpx.AsyncClient, seed: Seeder) -> None:
+    _, mine = await seed.customer_with_key()
+    _, theirs = await seed.customer_with_key(stripe_customer_id="cus_beta")
     created = (await client.post("/v1/keys", headers=headers(theirs))).json()
     their_id = created["key"]["id"]
     for response in (
@@ -150,22 +152,22 @@ async def test_another_customers_key_is_not_found(app: FastAPI, client: httpx.As
 
 
 async def test_last_used_at_is_written_in_the_background(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     [before] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
     # The request only noted the use; the row is written by the flusher, off the request path.
     assert before["last_used_at"] is None
-    assert await runtime_of(app).keys.last_used.flush() == 1
+    assert await internals.flush_last_used(app) == 1
     [after] = (await client.get("/v1/keys", headers=headers(key))).json()["data"]
     assert after["last_used_at"] is not None
-    assert await runtime_of(app).keys.last_used.flush() == 0  # debounced: once a minute per key
+    assert await internals.flush_last_used(app) == 0  # debounced: once a minute per key
 
 
 async def test_a_key_name_with_control_characters_is_refused(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     for name in ("\x00", "tab\there", "bell\x07"):
         response = await client.post("/v1/keys", headers=headers(key), json={"name": name})
         assert response.status_code == 422, name
@@ -175,9 +177,9 @@ async def test_a_key_name_with_control_characters_is_refused(
 
 
 async def test_a_malformed_key_id_is_refused_before_the_database(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     for path in ("/v1/keys/%00", "/v1/keys/key%20x", "/v1/keys/%00/rotate"):
         if path.endswith("rotate"):
             response = await client.post(path, headers=headers(key), json={})
@@ -188,9 +190,9 @@ async def test_a_malformed_key_id_is_refused_before_the_database(
 
 
 async def test_responses_that_can_reveal_a_key_are_not_stored(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     created = await client.post("/v1/keys", headers=headers(key))
     rotated = await client.post(
         f"/v1/keys/{created.json()['key']['id']}/rotate", headers=headers(key)
@@ -210,9 +212,9 @@ async def test_responses_that_can_reveal_a_key_are_not_stored(
 
 
 async def test_a_rotated_key_in_its_grace_may_call_and_read_only(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, old = await seed_customer_with_key(app)
+    _, old = await seed.customer_with_key()
     [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
     rotated = await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))
     assert rotated.status_code == 201
@@ -243,27 +245,27 @@ async def test_a_rotated_key_in_its_grace_may_call_and_read_only(
     assert revoke.status_code == 204
 
 
-async def test_a_rotated_key_is_refused_from_a_cold_cache_too(app: FastAPI) -> None:
+async def test_a_rotated_key_is_refused_from_a_cold_cache_too(app: FastAPI, seed: Seeder) -> None:
     """The grace is known from the database row, not from the process that rotated."""
-    _, old = await seed_customer_with_key(app)
+    _, old = await seed.customer_with_key()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
         await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))
-        runtime_of(app).keys.cache.clear()
+        internals.key_cache(app).clear()
         refused = await client.post("/v1/keys", headers=headers(old))
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "key_rotated"
         assert (await client.get("/v1/data", headers=headers(old))).status_code == 200
 
 
 async def test_routes_take_the_key_policy_as_a_dependency(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder, settings: Settings
 ) -> None:
     """``KeyPolicyDep`` is one provider: overriding it changes what every route mints."""
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     test_mode = await client.post("/v1/keys", headers=headers(key))
     assert test_mode.json()["api_key"].startswith("mk_test_")
-    pepper = runtime_of(app).key_policy.pepper
+    pepper = settings.pepper_bytes()
     app.dependency_overrides[get_key_policy] = lambda: KeyPolicy(pepper=pepper, live=True)
     try:
         live = await client.post("/v1/keys", headers=headers(key))

@@ -6,18 +6,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from meterapi.app import create_app
+from meterapi.db import Sessionmaker
 from meterapi.keys import format as key_format
 from meterapi.models import ApiKey, utcnow
 from tests.conftest import make_settings
-from tests.integration.keys_support import (
-    headers,
-    runtime_of,
-    seed_customer_with_key,
-    seed_key,
-)
+from tests.integration.keys_support import Seeder, headers
 
 
 def _code(response: httpx.Response) -> str:
@@ -25,8 +20,8 @@ def _code(response: httpx.Response) -> str:
     return code
 
 
-async def test_a_valid_key_reads_data(app: FastAPI, client: httpx.AsyncClient) -> None:
-    _, key = await seed_customer_with_key(app)
+async def test_a_valid_key_reads_data(client: httpx.AsyncClient, seed: Seeder) -> None:
+    _, key = await seed.customer_with_key()
     response = await client.get("/v1/data", headers=headers(key))
     assert response.status_code == 200
     assert response.json() == {"object": "data", "customer_id": "cus_alpha", "items": [1, 2, 3]}
@@ -48,9 +43,9 @@ async def test_missing_key_is_401_with_www_authenticate(client: httpx.AsyncClien
 
 @pytest.mark.parametrize("name", ["apiKey", "api_key"])
 async def test_key_in_query_is_400_even_with_a_header(
-    app: FastAPI, client: httpx.AsyncClient, name: str
+    client: httpx.AsyncClient, name: str, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     alone = await client.get("/v1/data", params={name: key})
     with_header = await client.get("/v1/data", params={name: key}, headers=headers(key))
     for response in (alone, with_header):
@@ -59,9 +54,9 @@ async def test_key_in_query_is_400_even_with_a_header(
         assert key not in response.text
 
 
-async def test_two_different_keys_are_ambiguous(app: FastAPI, client: httpx.AsyncClient) -> None:
-    customer_id, key = await seed_customer_with_key(app)
-    _, other = await seed_key(app, customer_id)
+async def test_two_different_keys_are_ambiguous(client: httpx.AsyncClient, seed: Seeder) -> None:
+    customer_id, key = await seed.customer_with_key()
+    _, other = await seed.key(customer_id)
     response = await client.get(
         "/v1/data", headers={"X-API-Key": key, "Authorization": f"Bearer {other}"}
     )
@@ -74,10 +69,10 @@ async def test_two_different_keys_are_ambiguous(app: FastAPI, client: httpx.Asyn
     ["x-api-key twice", "bearer twice", "bearer then x-api-key", "x-api-key, bearer, x-api-key"],
 )
 async def test_a_repeated_header_with_another_key_is_ambiguous(
-    app: FastAPI, client: httpx.AsyncClient, shape: str
+    client: httpx.AsyncClient, shape: str, seed: Seeder
 ) -> None:
-    customer_id, key = await seed_customer_with_key(app)
-    _, other = await seed_key(app, customer_id)
+    customer_id, key = await seed.customer_with_key()
+    _, other = await seed.key(customer_id)
     sent = {
         "x-api-key twice": [("X-API-Key", key), ("X-API-Key", other)],
         "bearer twice": [("Authorization", f"Bearer {key}"), ("Authorization", f"Bearer {other}")],
@@ -96,9 +91,9 @@ async def test_a_repeated_header_with_another_key_is_ambiguous(
 
 
 async def test_the_same_key_repeated_is_not_ambiguous(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     sent = [("X-API-Key", key), ("X-API-Key", key), ("Authorization", f"Bearer {key}")]
     assert (await client.get("/v1/data", headers=sent)).status_code == 200
     # An empty repeat, or a non-Bearer Authorization beside the key, adds no second key.
@@ -106,12 +101,14 @@ async def test_the_same_key_repeated_is_not_ambiguous(
     assert (await client.get("/v1/data", headers=sent)).status_code == 200
 
 
-async def test_every_bad_key_gets_the_same_401(app: FastAPI, client: httpx.AsyncClient) -> None:
-    customer_id, good = await seed_customer_with_key(app)
-    revoked, revoked_key = await seed_key(app, customer_id)
-    expired, expired_key = await seed_key(app, customer_id)
+async def test_every_bad_key_gets_the_same_401(
+    client: httpx.AsyncClient, seed: Seeder, sessionmaker: Sessionmaker
+) -> None:
+    customer_id, good = await seed.customer_with_key()
+    revoked, revoked_key = await seed.key(customer_id)
+    expired, expired_key = await seed.key(customer_id)
     # Changed straight in the database, as if long ago (no cache entry exists for these yet).
-    async with runtime_of(app).sessionmaker() as session:
+    async with sessionmaker() as session:
         for row_id, field in ((revoked.id, "revoked_at"), (expired.id, "expires_at")):
             row = await session.get(ApiKey, row_id)
             assert row is not None
@@ -142,9 +139,9 @@ async def test_every_bad_key_gets_the_same_401(app: FastAPI, client: httpx.Async
     "status", ["canceled", "unpaid", "paused", "incomplete", "incomplete_expired", "past_due", None]
 )
 async def test_inactive_subscriptions_are_402(
-    app: FastAPI, client: httpx.AsyncClient, status: str | None
+    client: httpx.AsyncClient, status: str | None, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app, status=status, past_due_since=utcnow())
+    _, key = await seed.customer_with_key(status=status, past_due_since=utcnow())
     response = await client.get("/v1/data", headers=headers(key))
     assert response.status_code == 402
     assert _code(response) == "subscription_inactive"
@@ -152,20 +149,19 @@ async def test_inactive_subscriptions_are_402(
 
 @pytest.mark.parametrize("status", ["active", "trialing"])
 async def test_active_and_trialing_are_allowed(
-    app: FastAPI, client: httpx.AsyncClient, status: str
+    client: httpx.AsyncClient, status: str, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app, status=status)
+    _, key = await seed.customer_with_key(status=status)
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
 
 
-async def test_past_due_is_allowed_within_the_grace_only(db_url: str) -> None:
+async def test_past_due_is_allowed_within_the_grace_only(db_url: str, seed: Seeder) -> None:
     app = create_app(make_settings(db_url, past_due_grace_s=3600))
     async with app.router.lifespan_context(app):
-        _, recent = await seed_customer_with_key(
-            app, stripe_customer_id="cus_recent", status="past_due", past_due_since=utcnow()
+        _, recent = await seed.customer_with_key(
+            stripe_customer_id="cus_recent", status="past_due", past_due_since=utcnow()
         )
-        _, late = await seed_customer_with_key(
-            app,
+        _, late = await seed.customer_with_key(
             stripe_customer_id="cus_late",
             status="past_due",
             past_due_since=utcnow() - timedelta(hours=2),

@@ -17,6 +17,7 @@ from meterapi.db import make_engine, make_sessionmaker
 from meterapi.keys import format as key_format
 from meterapi.models import ApiKey
 from tests.conftest import make_settings
+from tests.integration import internals
 from tests.integration.keys_support import headers, seed_customer, wrong_key
 
 PEPPER = "pepper-that-must-never-be-logged-7Qx"
@@ -103,7 +104,8 @@ async def test_no_key_and_no_pepper_in_the_logs(
 
     first = await asyncio.to_thread(issue)
     secrets.append(first)
-    app = create_app(make_settings(db_url, key_pepper=PEPPER))
+    settings = make_settings(db_url, key_pepper=PEPPER)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -122,9 +124,9 @@ async def test_no_key_and_no_pepper_in_the_logs(
             await client.get("/v1/data", headers=headers(wrong_key(first)))
             await client.get("/v1/keys", headers=headers(rotated["api_key"]))
             await client.delete(f"/v1/keys/{rotated['key']['id']}", headers=headers(first))
-            await app.state.runtime.keys.last_used.flush()
-            assert PEPPER not in repr(app.state.runtime.keys)
-            assert PEPPER not in repr(app.state.runtime.settings)
+            await internals.flush_last_used(app)
+            assert PEPPER not in repr(internals.key_machinery(app))
+            assert PEPPER not in repr(settings)
     logged = caplog.text + "".join(repr(r.args) + repr(r.__dict__) for r in caplog.records)
     assert "api_key" in logged  # SQL was logged, so the check below had something to look at
     for secret in secrets:

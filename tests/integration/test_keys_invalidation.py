@@ -17,7 +17,8 @@ from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import invalidation
 from meterapi.models import CacheRevision, Customer, ProcessHeartbeat
 from tests.conftest import make_settings
-from tests.integration.keys_support import headers, runtime_of, seed_customer_with_key
+from tests.integration import internals
+from tests.integration.keys_support import Seeder, headers
 
 # Bounds on staleness (see keys.invalidation): NOTIFY delivery on PostgreSQL, the 0.5 s poll
 # on SQLite. Generous here so a loaded machine does not make the suite flaky.
@@ -42,14 +43,14 @@ async def settle(condition: Callable[[], bool]) -> float:
     return time.monotonic() - started
 
 
-async def test_revocation_reaches_a_second_process(db_url: str) -> None:
-    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
-        _, key = await seed_customer_with_key(app_a)
+async def test_revocation_reaches_a_second_process(db_url: str, seed: Seeder) -> None:
+    async with running(db_url) as (_app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed.customer_with_key()
         created = (await a.post("/v1/keys", headers=headers(key))).json()
         doomed = created["api_key"]
         assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 200
         assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
-        cache_b = runtime_of(app_b).keys.cache
+        cache_b = internals.key_cache(app_b)
         generation = cache_b.generation
 
         revoked = await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
@@ -62,25 +63,25 @@ async def test_revocation_reaches_a_second_process(db_url: str) -> None:
 
 
 @pytest.mark.postgres_only
-async def test_postgres_notify_reaches_the_listener_quickly(db_url: str) -> None:
-    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
-        assert runtime_of(app_b).keys.invalidator.listening.is_set()
-        _, key = await seed_customer_with_key(app_a)
+async def test_postgres_notify_reaches_the_listener_quickly(db_url: str, seed: Seeder) -> None:
+    async with running(db_url) as (_app_a, a), running(db_url) as (app_b, b):
+        assert internals.invalidator(app_b).listening.is_set()
+        _, key = await seed.customer_with_key()
         created = (await a.post("/v1/keys", headers=headers(key))).json()
         assert (await b.get("/v1/data", headers=headers(created["api_key"]))).status_code == 200
         assert (await b.get("/v1/data", headers=headers(key))).status_code == 200
-        cache_b = runtime_of(app_b).keys.cache
+        cache_b = internals.key_cache(app_b)
         generation = cache_b.generation
 
         # Stop B's poller: from here on only NOTIFY can tell B (the backstop poll cannot).
-        invalidator = runtime_of(app_b).keys.invalidator
+        invalidator = internals.invalidator(app_b)
         for task in invalidator._tasks:
             if task.get_name() == "key-cache-poller":
                 task.cancel()
         await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
         await settle(lambda: cache_b.generation > generation)
         # Delivered by NOTIFY, and targeted: the other key stays.
-        assert runtime_of(app_b).keys.cache.revision is not None
+        assert internals.key_cache(app_b).revision is not None
         assert (await b.get("/v1/data", headers=headers(created["api_key"]))).status_code == 401
         ok = await b.get("/v1/data", headers=headers(key))
         assert ok.status_code == 200
@@ -104,12 +105,12 @@ async def _cancel_outside_the_app(db_url: str, stripe_customer_id: str) -> None:
         await engine.dispose()
 
 
-async def test_an_access_change_reaches_every_process(db_url: str) -> None:
+async def test_an_access_change_reaches_every_process(db_url: str, seed: Seeder) -> None:
     async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
-        _, key = await seed_customer_with_key(app_a)
+        _, key = await seed.customer_with_key()
         for client in (a, b):
             assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
-        caches = [runtime_of(app).keys.cache for app in (app_a, app_b)]
+        caches = [internals.key_cache(app) for app in (app_a, app_b)]
         generations = [cache.generation for cache in caches]
         await _cancel_outside_the_app(db_url, "cus_alpha")
         for cache, generation in zip(caches, generations, strict=True):
@@ -121,20 +122,20 @@ async def test_an_access_change_reaches_every_process(db_url: str) -> None:
 
 
 async def test_a_change_in_this_process_applies_on_commit_only(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    customer_id, key = await seed_customer_with_key(app)
+    customer_id, key = await seed.customer_with_key()
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
-    runtime = runtime_of(app)
-    async with runtime.sessionmaker() as session:
+    app_sessions = internals.sessionmaker(app)
+    async with app_sessions() as session:
         customer = await session.get(Customer, customer_id)
         assert customer is not None
         customer.subscription_status = "unpaid"
         session.add(customer)
         await invalidation.bump(session, customer_id=customer_id)
         await session.rollback()  # nothing changed, so nothing to forget
-    assert runtime.keys.cache.customer(customer_id) is not None
-    async with session_scope(runtime.sessionmaker) as session:
+    assert internals.key_cache(app).customer(customer_id) is not None
+    async with session_scope(app_sessions) as session:
         customer = await session.get(Customer, customer_id)
         assert customer is not None
         customer.subscription_status = "unpaid"
@@ -144,9 +145,11 @@ async def test_a_change_in_this_process_applies_on_commit_only(
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 402
 
 
-async def test_delete_returns_once_the_other_process_has_applied_it(db_url: str) -> None:
-    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
-        _, key = await seed_customer_with_key(app_a)
+async def test_delete_returns_once_the_other_process_has_applied_it(
+    db_url: str, seed: Seeder
+) -> None:
+    async with running(db_url) as (_app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed.customer_with_key()
         created = (await a.post("/v1/keys", headers=headers(key))).json()
         doomed = created["api_key"]
         assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 200
@@ -154,9 +157,9 @@ async def test_delete_returns_once_the_other_process_has_applied_it(db_url: str)
         revoked = await a.delete(f"/v1/keys/{created['key']['id']}", headers=headers(key))
         assert revoked.status_code == 204
         # No waiting here: B has acknowledged the revision before A answered.
-        invalidator_b = runtime_of(app_b).keys.invalidator
+        invalidator_b = internals.invalidator(app_b)
         revision = await _revision(db_url)
-        assert runtime_of(app_b).keys.cache.revision == revision
+        assert internals.key_cache(app_b).revision == revision
         async with invalidator_b.engine.connect() as connection:
             row = await connection.execute(
                 select(ProcessHeartbeat.revision).where(
@@ -170,15 +173,16 @@ async def test_delete_returns_once_the_other_process_has_applied_it(db_url: str)
 
 async def test_a_process_that_cannot_hear_the_feed_stops_trusting_its_cache(
     db_url: str,
+    seed: Seeder,
 ) -> None:
     """B is cut off from invalidations (no notification, no poll). A's DELETE still returns
     only when B cannot serve the key: B no longer trusts its cache and reads the database."""
-    async with running(db_url) as (app_a, a), running(db_url) as (app_b, b):
-        _, key = await seed_customer_with_key(app_a)
+    async with running(db_url) as (_app_a, a), running(db_url) as (app_b, b):
+        _, key = await seed.customer_with_key()
         created = (await a.post("/v1/keys", headers=headers(key))).json()
         doomed = created["api_key"]
         assert (await b.get("/v1/data", headers=headers(doomed))).status_code == 200
-        invalidator_b = runtime_of(app_b).keys.invalidator
+        invalidator_b = internals.invalidator(app_b)
 
         async def unreachable() -> bool:
             raise ConnectionError("the feed is down")

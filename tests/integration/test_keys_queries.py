@@ -15,12 +15,8 @@ from meterapi.keys import format as key_format
 from meterapi.keys import hashing
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import stripe_settings
-from tests.integration.keys_support import (
-    count_statements,
-    headers,
-    runtime_of,
-    seed_customer_with_key,
-)
+from tests.integration import internals
+from tests.integration.keys_support import Seeder, count_statements, headers
 
 CALLS = 1000
 
@@ -31,12 +27,14 @@ def settings(db_url: str, stripe_emulator: EmulatorServer, stripe_price: str) ->
     return stripe_settings(db_url, stripe_emulator, stripe_price, report_interval_s=3600)
 
 
-async def test_a_warm_key_costs_no_key_query(app: FastAPI, client: httpx.AsyncClient) -> None:
-    _, key = await seed_customer_with_key(app)
+async def test_a_warm_key_costs_no_key_query(
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder
+) -> None:
+    _, key = await seed.customer_with_key()
     with count_statements(app) as cold:
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
     assert len(cold.touching_keys()) == 1  # one joined read of the key and its customer
-    await runtime_of(app).keys.last_used.flush()
+    await internals.flush_last_used(app)
     with count_statements(app) as warm:
         for _ in range(CALLS):
             response = await client.get("/v1/data", headers=headers(key))
@@ -58,10 +56,10 @@ class CountingHmac:
 
 
 async def test_a_key_is_hashed_once_per_request(
-    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cold (read from the database, then cached) or warm, known or not: one HMAC."""
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     hmacs = CountingHmac()
     monkeypatch.setattr(hashing, "hmac", hmacs)
     with count_statements(app) as cold:
@@ -78,11 +76,11 @@ async def test_a_key_is_hashed_once_per_request(
 
 
 async def test_concurrent_misses_on_one_key_share_one_read(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder
 ) -> None:
     """A cold start under load (or a hot key's entry expiring) sends one read, not one per
     request in flight; the same for an unknown key."""
-    _, key = await seed_customer_with_key(app)
+    _, key = await seed.customer_with_key()
     unknown = key_format.generate(live=False)
     with count_statements(app) as log:
         responses = await asyncio.gather(
@@ -94,9 +92,9 @@ async def test_concurrent_misses_on_one_key_share_one_read(
 
 
 async def test_an_inactive_customer_is_refused_from_the_cache(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder
 ) -> None:
-    _, key = await seed_customer_with_key(app, status="canceled")
+    _, key = await seed.customer_with_key(status="canceled")
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 402
     with count_statements(app) as warm:
         for _ in range(100):

@@ -12,7 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.metering import limits
 from meterapi.metering.limits_cache import CustomerLimits, LimitsCache
-from tests.integration.keys_support import runtime_of, seed_customer
+from tests.integration import internals
+from tests.integration.keys_support import seed_customer
 from tests.integration.test_keys_invalidation import running, settle
 
 
@@ -109,14 +110,14 @@ async def test_untrusted_means_read(db_url: str) -> None:
 
 async def test_a_change_reaches_this_process_and_another(db_url: str) -> None:
     async with running(db_url) as (app_a, _a), running(db_url) as (app_b, _b):
-        customer = await seed_customer(runtime_of(app_a).sessionmaker)
-        cache_a, cache_b = runtime_of(app_a).limits, runtime_of(app_b).limits
+        customer = await seed_customer(internals.sessionmaker(app_a))
+        cache_a, cache_b = internals.limits_cache(app_a), internals.limits_cache(app_b)
         assert (await cache_a.get(customer)).monthly_spend_cap is None
         assert (await cache_b.get(customer)).monthly_spend_cap is None
 
         # Through app A's own sessions: A drops it when the change commits, B within a check-in.
         generation_b = cache_b.generation
-        async with session_scope(runtime_of(app_a).sessionmaker) as session:
+        async with session_scope(internals.sessionmaker(app_a)) as session:
             await limits.set_limits(session, customer_id=customer, monthly_spend_cap=900)
         assert (await cache_a.get(customer)).monthly_spend_cap == 900
         await settle(lambda: cache_b.generation > generation_b)
@@ -134,11 +135,11 @@ async def test_a_change_reaches_this_process_and_another(db_url: str) -> None:
 
 async def test_a_revision_jump_clears_the_limits_too(db_url: str) -> None:
     async with running(db_url) as (app, _client):
-        runtime = runtime_of(app)
-        customer = await seed_customer(runtime.sessionmaker)
-        await runtime.limits.get(customer)
-        reads = runtime.limits.reads
-        assert runtime.keys.cache.revision is not None
-        runtime.keys.cache.observe_revision(runtime.keys.cache.revision + 5)
-        await runtime.limits.get(customer)
-        assert runtime.limits.reads == reads + 1
+        limits_cache, key_cache = internals.limits_cache(app), internals.key_cache(app)
+        customer = await seed_customer(internals.sessionmaker(app))
+        await limits_cache.get(customer)
+        reads = limits_cache.reads
+        assert key_cache.revision is not None
+        key_cache.observe_revision(key_cache.revision + 5)
+        await limits_cache.get(customer)
+        assert limits_cache.reads == reads + 1

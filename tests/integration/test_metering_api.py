@@ -5,55 +5,52 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 import stripe
 from fastapi import APIRouter, FastAPI
-from sqlmodel import func, select
 
 from meterapi import PaidCaller, Usage
-from meterapi.models import Customer, UsageEvent
 from meterapi.stripe_emulator import EmulatorControl
-from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key, wrong_key
+from tests.integration import internals
+from tests.integration.keys_support import Seeder, headers, wrong_key
+from tests.integration.totals import ledger_total
 from tests.metrics_support import sample
 
 
-async def subscribed_customer(
-    app: FastAPI, sdk: stripe.StripeClient, control: EmulatorControl, price_id: str
+@pytest.fixture
+async def subscriber(
+    seed: Seeder,
+    stripe_sdk: stripe.StripeClient,
+    emulator_control: EmulatorControl,
+    stripe_price: str,
 ) -> tuple[str, str]:
     """A customer who paid through Checkout in the emulator, with a key: (cus id, key)."""
+    sdk, control = stripe_sdk, emulator_control
     checkout = await sdk.v1.checkout.sessions.create_async(
         params={
             "mode": "subscription",
-            "line_items": [{"price": price_id}],
+            "line_items": [{"price": stripe_price}],
             "success_url": "http://127.0.0.1/ok?session_id={CHECKOUT_SESSION_ID}",
         }
     )
     await control.complete_checkout(checkout.id, email="buyer@example.com")
     done = await sdk.v1.checkout.sessions.retrieve_async(checkout.id)
     assert isinstance(done.customer, str) and isinstance(done.subscription, str)
-    sessionmaker = runtime_of(app).sessionmaker
-    customer_id = await seed_customer(sessionmaker, stripe_customer_id=done.customer)
-    async with sessionmaker() as session:
-        customer = await session.get(Customer, customer_id)
-        assert customer is not None
-        customer.subscription_id = done.subscription
-        await session.commit()
-    _key, plaintext = await seed_key(app, customer_id)
+    customer_id = await seed.customer(
+        stripe_customer_id=done.customer, subscription_id=done.subscription
+    )
+    _key, plaintext = await seed.key(customer_id)
     return done.customer, plaintext
-
-
-async def ledger_units(app: FastAPI) -> int:
-    async with runtime_of(app).sessionmaker() as session:
-        return int(await session.scalar(select(func.coalesce(func.sum(UsageEvent.units), 0))) or 0)
 
 
 async def test_only_successful_calls_are_billed(
     app: FastAPI,
     client: httpx.AsyncClient,
-    stripe_sdk: stripe.StripeClient,
+    subscriber: tuple[str, str],
     emulator_control: EmulatorControl,
-    stripe_price: str,
+    db_url: str,
 ) -> None:
-    cus, key = await subscribed_customer(app, stripe_sdk, emulator_control, stripe_price)
+    cus, key = subscriber
     for _ in range(5):
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
     refused = [
@@ -64,10 +61,9 @@ async def test_only_successful_calls_are_billed(
         await client.get("/v1/usage", headers=headers(key)),  # free; caches a preview of 0
     ]
     assert [r.status_code for r in refused] == [401, 401, 400, 200, 200]
-    assert await ledger_units(app) == 5
+    assert await ledger_total(db_url) == 5
 
-    runtime = runtime_of(app)
-    assert await runtime.reporter.flush(timeout_s=10) == 0
+    assert await internals.flush_reports(app) == 0
     assert (await emulator_control.meter_events(customer=cus))["totals"][cus] == 5
 
     usage = (await client.get("/v1/usage", headers=headers(key))).json()
@@ -90,6 +86,7 @@ async def test_usage_pending_before_the_reporter_runs(
     db_url: str,
     stripe_emulator: object,
     stripe_price: str,
+    seed: Seeder,
 ) -> None:
     from meterapi.app import create_app
     from meterapi.stripe_emulator import EmulatorServer
@@ -98,8 +95,8 @@ async def test_usage_pending_before_the_reporter_runs(
     assert isinstance(stripe_emulator, EmulatorServer)
     app = create_app(stripe_settings(db_url, stripe_emulator, stripe_price, report_interval_s=600))
     async with app.router.lifespan_context(app):
-        customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_p")
-        _key, key = await seed_key(app, customer_id)
+        customer_id = await seed.customer(stripe_customer_id="cus_p")
+        _key, key = await seed.key(customer_id)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             for _ in range(3):
@@ -113,13 +110,11 @@ async def test_usage_pending_before_the_reporter_runs(
 
 
 async def test_stripe_down_still_answers_usage(
-    app: FastAPI,
     client: httpx.AsyncClient,
-    stripe_sdk: stripe.StripeClient,
+    subscriber: tuple[str, str],
     emulator_control: EmulatorControl,
-    stripe_price: str,
 ) -> None:
-    _cus, key = await subscribed_customer(app, stripe_sdk, emulator_control, stripe_price)
+    _cus, key = subscriber
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
     await emulator_control.inject_fault(
         "error", path="/v1/invoices/create_preview", status=500, count=None
@@ -133,22 +128,22 @@ async def test_stripe_down_still_answers_usage(
 
 
 async def test_a_call_that_cannot_be_recorded_is_refused_not_served(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder, db_url: str
 ) -> None:
-    customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_x")
-    _key, key = await seed_key(app, customer_id)
-    await runtime_of(app).recorder.stop()  # the ledger is gone
+    customer_id = await seed.customer(stripe_customer_id="cus_x")
+    _key, key = await seed.key(customer_id)
+    await internals.break_ledger(app)  # the ledger is gone
     response = await client.get("/v1/data", headers=headers(key))
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "usage_unavailable"
-    assert await ledger_units(app) == 0
+    assert await ledger_total(db_url) == 0
 
 
-async def test_usage_is_only_ever_the_callers_own(app: FastAPI, client: httpx.AsyncClient) -> None:
-    a = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_a")
-    b = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_b")
-    _ka, key_a = await seed_key(app, a)
-    _kb, key_b = await seed_key(app, b)
+async def test_usage_is_only_ever_the_callers_own(client: httpx.AsyncClient, seed: Seeder) -> None:
+    a = await seed.customer(stripe_customer_id="cus_a")
+    b = await seed.customer(stripe_customer_id="cus_b")
+    _ka, key_a = await seed.key(a)
+    _kb, key_b = await seed.key(b)
     for _ in range(2):
         await client.get("/v1/data", headers=headers(key_a))
     await client.get("/v1/data", headers=headers(key_b))
@@ -161,9 +156,9 @@ async def test_usage_is_only_ever_the_callers_own(app: FastAPI, client: httpx.As
     assert sneaky.json()["units"] == 1
 
 
-async def test_metrics_show_usage_and_latency(app: FastAPI, client: httpx.AsyncClient) -> None:
-    customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_m")
-    _key, key = await seed_key(app, customer_id)
+async def test_metrics_show_usage_and_latency(client: httpx.AsyncClient, seed: Seeder) -> None:
+    customer_id = await seed.customer(stripe_customer_id="cus_m")
+    _key, key = await seed.key(customer_id)
     await client.get("/v1/data", headers=headers(key))
     await client.get("/v1/data")
     text = (await client.get("/metrics")).text
@@ -176,21 +171,21 @@ async def test_metrics_show_usage_and_latency(app: FastAPI, client: httpx.AsyncC
 
 
 async def test_a_lapsed_customer_keeps_self_service_but_not_the_paid_api(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder, db_url: str
 ) -> None:
-    customer_id = await seed_customer(
-        runtime_of(app).sessionmaker, stripe_customer_id="cus_lapsed", status="canceled"
-    )
-    _key, key = await seed_key(app, customer_id)
+    customer_id = await seed.customer(stripe_customer_id="cus_lapsed", status="canceled")
+    _key, key = await seed.key(customer_id)
     paid = await client.get("/v1/data", headers=headers(key))
     assert paid.status_code == 402
     assert paid.json()["error"]["code"] == "subscription_inactive"
     assert (await client.get("/v1/usage", headers=headers(key))).status_code == 200
     assert (await client.get("/v1/keys", headers=headers(key))).status_code == 200
-    assert await ledger_units(app) == 0
+    assert await ledger_total(db_url) == 0
 
 
-async def test_paid_routes_cost_what_they_charge(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_paid_routes_cost_what_they_charge(
+    app: FastAPI, client: httpx.AsyncClient, seed: Seeder, db_url: str
+) -> None:
     """A route that charges nothing needs a paying caller all the same; a route with
     parameters goes through FastAPI's validation and is billed only when it answers 2xx."""
     router = APIRouter()
@@ -205,8 +200,8 @@ async def test_paid_routes_cost_what_they_charge(app: FastAPI, client: httpx.Asy
         return {"n": n, "customer_id": caller.customer_id}
 
     app.include_router(router)
-    customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id="cus_t")
-    _key, key = await seed_key(app, customer_id)
+    customer_id = await seed.customer(stripe_customer_id="cus_t")
+    _key, key = await seed.key(customer_id)
 
     assert (await client.get("/t/included")).status_code == 401
     assert (await client.get("/t/included", headers=headers(key))).status_code == 200
@@ -215,4 +210,4 @@ async def test_paid_routes_cost_what_they_charge(app: FastAPI, client: httpx.Asy
     invalid = await client.get("/t/priced", params={"n": "x"}, headers=headers(key))
     assert invalid.status_code == 422
     assert (await client.get("/t/priced", params={"n": 1})).status_code == 401
-    assert await ledger_units(app) == 2
+    assert await ledger_total(db_url) == 2

@@ -9,13 +9,13 @@ import re
 from pathlib import Path
 
 import httpx
-import stripe
 
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service as key_service
 from meterapi.models import Customer, OutboundStatus
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import EMULATOR_WEBHOOK_SECRET
+from tests.integration.conftest import Stack
 from tests.integration.outbound_support import (
     OUTBOUND_SECRET,
     ReceiverProcess,
@@ -166,28 +166,19 @@ async def test_a_receiver_with_another_secret_refuses_every_delivery(
     assert row.last_error == "HTTP 401"
 
 
-async def test_a_subscribers_journey_reaches_the_receiver(
-    db_url: str,
-    tmp_path: Path,
-    stripe_emulator: EmulatorServer,
-    stripe_price: str,
-    stripe_sdk: stripe.StripeClient,
-) -> None:
+async def test_a_subscribers_journey_reaches_the_receiver(stack: Stack, tmp_path: Path) -> None:
     """Checkout and payment (Stripe's webhook), the key claim and a cancellation in Stripe,
     through a real service: the receiver gets customer.provisioned, key.created and
     subscription.access_changed for that customer, in that order."""
     with ReceiverProcess(tmp_path) as hook:
-        env = {
-            "METERAPI_DATABASE_URL": db_url,
-            "METERAPI_STRIPE_API_BASE": stripe_emulator.url,
-            "METERAPI_STRIPE_PRICE_ID": stripe_price,
-            "METERAPI_STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
-            "METERAPI_WEBHOOK_URL": hook.url,
-            "METERAPI_WEBHOOK_SECRET": OUTBOUND_SECRET,
-        }
+        env = stack.env(
+            METERAPI_STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
+            METERAPI_WEBHOOK_URL=hook.url,
+            METERAPI_WEBHOOK_SECRET=OUTBOUND_SECRET,
+        )
         service = ServiceProcess(env, log_path=tmp_path / "service.log")
         await asyncio.to_thread(service.start)
-        stripe_emulator.set_webhook(f"{service.url}/webhooks/stripe")
+        stack.emulator.set_webhook(f"{service.url}/webhooks/stripe")
         try:
             async with httpx.AsyncClient(base_url=service.url, timeout=10) as api:
                 created = await api.post("/v1/checkout", json={"email": "journey@example.com"})
@@ -207,12 +198,12 @@ async def test_a_subscribers_journey_reaches_the_receiver(
                 claimed = await api.post("/v1/keys/claim", json=claim)
                 assert claimed.status_code == 201, claimed.text
                 await eventually(lambda: announced("key.created"))
-                done = await stripe_sdk.v1.checkout.sessions.retrieve_async(session_id)
+                done = await stack.sdk.v1.checkout.sessions.retrieve_async(session_id)
                 assert isinstance(done.subscription, str)
-                await stripe_sdk.v1.subscriptions.cancel_async(done.subscription)
+                await stack.sdk.v1.subscriptions.cancel_async(done.subscription)
                 await eventually(lambda: announced("subscription.access_changed"))
         finally:
-            stripe_emulator.set_webhook(None)
+            stack.emulator.set_webhook(None)
             assert await asyncio.to_thread(service.terminate)
         records = hook.records()
 

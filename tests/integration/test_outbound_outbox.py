@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlmodel import col, select
 
 from meterapi.billing.subscriptions import provision_from_checkout, sync_subscription
@@ -22,7 +21,7 @@ from meterapi.models import Customer, OutboundEvent, OutboundStatus
 from meterapi.outbound import outbox
 from meterapi.outbound.delivery import Attempt, Deliverer, claim_due, settle
 from tests.integration.billing_support import PRICE, subscription
-from tests.integration.keys_support import headers, seed_customer, seed_customer_with_key
+from tests.integration.keys_support import Seeder, headers, seed_customer
 from tests.integration.outbound_support import eventually
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -86,9 +85,9 @@ async def test_an_event_lives_and_dies_with_its_transaction(sessionmaker: Sessio
 
 
 async def test_key_events_show_the_key_as_the_api_does(
-    app: FastAPI, client: httpx.AsyncClient
+    client: httpx.AsyncClient, seed: Seeder, sessionmaker: Sessionmaker
 ) -> None:
-    _, plaintext = await seed_customer_with_key(app, stripe_customer_id="cus_api")
+    _, plaintext = await seed.customer_with_key(stripe_customer_id="cus_api")
     created = await client.post("/v1/keys", headers=headers(plaintext), json={"name": "ci"})
     assert created.status_code == 201
     key_id = created.json()["key"]["id"]
@@ -97,7 +96,6 @@ async def test_key_events_show_the_key_as_the_api_does(
     listed = await client.get("/v1/keys", headers=headers(plaintext))
     [revoked] = [k for k in listed.json()["data"] if k["id"] == key_id]
 
-    sessionmaker = app.state.runtime.sessionmaker
     rows = await events(sessionmaker)
     assert [r.type for r in rows] == ["key.created", "key.created", "key.revoked"]
     assert body(rows[1])["data"] == {"customer_id": "cus_api", "key": created.json()["key"]}

@@ -19,17 +19,19 @@ from meterapi.api import data
 from meterapi.api.direct import DirectPaidRoute
 from meterapi.api.plugins import RouterError
 from meterapi.config import Settings
+from meterapi.db import Sessionmaker
 from meterapi.errors import NotFound, RateLimited
 from meterapi.models import UsageEvent
-from tests.integration.keys_support import headers, runtime_of, seed_customer, seed_key
-from tests.integration.test_metering_api import ledger_units
+from tests.integration import internals
+from tests.integration.keys_support import Seeder, headers
+from tests.integration.totals import ledger_total
 
 
 class Text(BaseModel):
     text: str
 
 
-def words_router(seen: list[str]) -> APIRouter:
+def words_router(seen: list[str], db_url: str) -> APIRouter:
     """Paid routes of every kind, behind a router-level dependency that notes each call."""
 
     async def note(request: Request) -> None:
@@ -48,11 +50,10 @@ def words_router(seen: list[str]) -> APIRouter:
     @router.get("/stream")
     async def stream(caller: PaidCaller, usage: Usage, request: Request) -> StreamingResponse:
         usage.charge(3)
-        app = request.app
 
         async def chunks() -> AsyncIterator[bytes]:
             # Runs after the response started: its units must be durable by now.
-            yield f"{await ledger_units(app)}\n".encode()
+            yield f"{await ledger_total(db_url)}\n".encode()
             yield b"done\n"
 
         return StreamingResponse(chunks(), media_type="text/plain")
@@ -105,21 +106,23 @@ def seen() -> list[str]:
 
 @pytest.fixture
 async def words_app(settings: Settings, seen: list[str]) -> AsyncIterator[FastAPI]:
-    app = create_app(settings, routers=[words_router(seen)])
+    app = create_app(settings, routers=[words_router(seen, settings.database_url)])
     yield app
 
 
-async def keyed(app: FastAPI, cus: str = "cus_words") -> str:
-    customer_id = await seed_customer(runtime_of(app).sessionmaker, stripe_customer_id=cus)
-    return (await seed_key(app, customer_id))[1]
+async def keyed(seed: Seeder, cus: str = "cus_words") -> str:
+    customer_id = await seed.customer(stripe_customer_id=cus)
+    return (await seed.key(customer_id))[1]
 
 
-async def test_variable_units_and_what_is_not_billed(words_app: FastAPI, seen: list[str]) -> None:
+async def test_variable_units_and_what_is_not_billed(
+    words_app: FastAPI, seen: list[str], seed: Seeder, db_url: str
+) -> None:
     async with serving(words_app) as client:
-        key = await keyed(words_app)
+        key = await keyed(seed)
         ok = await client.post("/t/words", json={"text": "one two three"}, headers=headers(key))
         assert ok.json() == {"words": 3, "customer": "cus_words"}
-        assert await ledger_units(words_app) == 3
+        assert await ledger_total(db_url) == 3
         for path, status in [
             ("/t/refused", 404),
             ("/t/crash", 500),
@@ -136,35 +139,37 @@ async def test_variable_units_and_what_is_not_billed(words_app: FastAPI, seen: l
         late = await client.get("/t/late", headers=headers(key))
         assert late.status_code == 200 and "after the response started" in late.text
         assert (await client.get("/t/unpaid", headers=headers(key))).status_code == 500
-        assert await ledger_units(words_app) == 3
+        assert await ledger_total(db_url) == 3
         # The router-level dependency ran on every call, paid or refused.
         assert len(seen) == 9
 
 
-async def test_a_stream_is_billed_before_its_first_byte(words_app: FastAPI) -> None:
+async def test_a_stream_is_billed_before_its_first_byte(words_app: FastAPI, seed: Seeder) -> None:
     async with serving(words_app) as client:
-        key = await keyed(words_app)
+        key = await keyed(seed)
         async with client.stream("GET", "/t/stream", headers=headers(key)) as response:
             assert response.status_code == 200
             lines = [line async for line in response.aiter_lines()]
         assert lines == ["3", "done"]
 
 
-async def test_no_ledger_no_answer(words_app: FastAPI) -> None:
+async def test_no_ledger_no_answer(words_app: FastAPI, seed: Seeder, db_url: str) -> None:
     async with serving(words_app) as client:
-        key = await keyed(words_app)
-        await runtime_of(words_app).recorder.stop()
+        key = await keyed(seed)
+        await internals.break_ledger(words_app)
         for response in [
             await client.post("/t/words", json={"text": "a b"}, headers=headers(key)),
             await client.get("/t/stream", headers=headers(key)),
         ]:
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "usage_unavailable"
-        assert await ledger_units(words_app) == 0
+        assert await ledger_total(db_url) == 0
 
 
 async def test_the_direct_example_route_refuses_dependencies_it_would_skip(
     settings: Settings,
+    seed: Seeder,
+    db_url: str,
 ) -> None:
     """/v1/data is a DirectPaidRoute: a dependency it cannot run stops the start, by name,
     instead of being skipped in silence."""
@@ -188,10 +193,10 @@ async def test_the_direct_example_route_refuses_dependencies_it_would_skip(
     plain.add_api_route("/v1/guarded", data.get_data)
     app = create_app(settings, routers=[plain])
     async with serving(app) as client:
-        key = await keyed(app)
+        key = await keyed(seed)
         assert (await client.get("/v1/guarded", headers=headers(key))).status_code == 429
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
-        assert await ledger_units(app) == 1
+        assert await ledger_total(db_url) == 1
 
 
 async def _direct_ok(caller: PaidCaller, usage: Usage, request: Request) -> Response:
@@ -232,7 +237,9 @@ def test_a_direct_route_refuses_what_it_would_skip(
         router.add_api_route("/x", endpoint, **extra)
 
 
-async def test_the_ledger_names_the_route_template_with_every_prefix(settings: Settings) -> None:
+async def test_the_ledger_names_the_route_template_with_every_prefix(
+    settings: Settings, sessionmaker: Sessionmaker, seed: Seeder
+) -> None:
     inner = APIRouter(prefix="/inner")
 
     @inner.get("/items/{item}")
@@ -244,17 +251,17 @@ async def test_the_ledger_names_the_route_template_with_every_prefix(settings: S
     outer.include_router(inner)
     app = create_app(settings, routers=[outer])
     async with serving(app) as client:
-        key = await keyed(app)
+        key = await keyed(seed)
         assert (await client.get("/outer/inner/items/7", headers=headers(key))).status_code == 200
-        async with runtime_of(app).sessionmaker() as session:
+        async with sessionmaker() as session:
             rows = (await session.exec(select(UsageEvent.route, UsageEvent.units))).all()
     assert [tuple(r) for r in rows] == [("/outer/inner/items/{item}", 2)]
 
 
-async def test_example_routes_can_be_switched_off(settings: Settings) -> None:
+async def test_example_routes_can_be_switched_off(settings: Settings, seed: Seeder) -> None:
     app = create_app(settings.model_copy(update={"example_routes": False}))
     async with serving(app) as client:
-        key = await keyed(app)
+        key = await keyed(seed)
         assert (await client.get("/v1/data", headers=headers(key))).status_code == 404
         assert "/v1/data" not in (await client.get("/openapi.json")).json()["paths"]
 
@@ -352,7 +359,9 @@ async def test_routers_named_in_settings_are_served(settings: Settings, plugin_m
         assert (await client.get("/probe")).json() == {"ok": True}
 
 
-async def test_an_existing_fastapi_project_mounted_under_meterapi(settings: Settings) -> None:
+async def test_an_existing_fastapi_project_mounted_under_meterapi(
+    settings: Settings, seed: Seeder, db_url: str
+) -> None:
     """docs/selling-your-api.md: the project's paid routers go into meterapi, the rest of the
     project is mounted behind it, and both lifespans run."""
     started: list[str] = []
@@ -386,11 +395,11 @@ async def test_an_existing_fastapi_project_mounted_under_meterapi(settings: Sett
 
     app.router.lifespan_context = both
     async with serving(app) as client:
-        key = await keyed(app)
+        key = await keyed(seed)
         assert (await client.get("/hello")).json() == {"hello": "world"}
         assert (await client.get("/v1/premium", headers=headers(key))).json() == {
             "for": "cus_words"
         }
         assert (await client.get("/healthz")).status_code == 200
-        assert await ledger_units(app) == 4
+        assert await ledger_total(db_url) == 4
     assert started == ["project"]

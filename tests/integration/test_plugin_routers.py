@@ -9,38 +9,25 @@ from pathlib import Path
 
 import httpx
 import pytest
-import stripe
 
-from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
-from tests.integration.gateway_support import paying_customer
-from tests.integration.servers import ServeCommand
-from tests.integration.test_process_faults import flush_all, ledger_total, stripe_total
+from tests.integration.conftest import Stack
+from tests.integration.servers import ServeCommand, flush_usage
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "python-router"
 PEPPER = "a-pepper-for-the-plugin-router-tests"
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 
 
-def serve_env(db_url: str, emulator: EmulatorServer, price: str) -> dict[str, str]:
+def serve_env(stack: Stack) -> dict[str, str]:
     """A Stripe-keyed service (pointed at the suite's emulator) serving the example router."""
-    return {
-        "METERAPI_DATABASE_URL": db_url,
-        "METERAPI_STRIPE_SECRET_KEY": EMULATOR_SECRET_KEY,
-        "METERAPI_STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
-        "METERAPI_KEY_PEPPER": PEPPER,
-        "METERAPI_STRIPE_API_BASE": emulator.url,
-        "METERAPI_STRIPE_PRICE_ID": price,
-        "METERAPI_REPORT_INTERVAL_S": "0.3",
-        "METERAPI_ROUTERS": "words_api.api:router",
-        "METERAPI_EXAMPLE_ROUTES": "false",
-    }
-
-
-async def seed(db_url: str, sdk: stripe.StripeClient) -> tuple[str, str]:
-    """A Stripe customer with an active subscription in our database, and a key."""
-    payer = await paying_customer(db_url, sdk, email="words@example.com", pepper=PEPPER)
-    return payer.customer, payer.key
+    return stack.env(
+        METERAPI_STRIPE_SECRET_KEY=EMULATOR_SECRET_KEY,
+        METERAPI_STRIPE_WEBHOOK_SECRET=EMULATOR_WEBHOOK_SECRET,
+        METERAPI_KEY_PEPPER=PEPPER,
+        METERAPI_ROUTERS="words_api.api:router",
+        METERAPI_EXAMPLE_ROUTES="false",
+    )
 
 
 class WordLoad:
@@ -75,22 +62,19 @@ class WordLoad:
 
 
 async def test_the_example_router_bills_stripe_exactly_under_faults(
-    db_url: str,
+    stack: Stack,
     tmp_path: Path,
-    stripe_emulator: EmulatorServer,
-    stripe_price: str,
-    stripe_sdk: stripe.StripeClient,
-    emulator_control: EmulatorControl,
 ) -> None:
-    customer, key = await seed(db_url, stripe_sdk)
-    env = serve_env(db_url, stripe_emulator, stripe_price)
+    payer = await stack.payer(email="words@example.com", pepper=PEPPER)
+    customer, key = payer.customer, payer.key
+    env = serve_env(stack)
     service = ServeCommand(env, log_path=tmp_path / "serve.log", cwd=EXAMPLE, workers=2)
     await asyncio.to_thread(service.start)
     try:
         events = "/v1/billing/meter_events"
-        await emulator_control.inject_fault("error", events, status=500, count=3)
-        await emulator_control.inject_fault("lost_response", events, count=2)
-        await emulator_control.inject_fault("rate_limit", events, count=2)
+        await stack.control.inject_fault("error", events, status=500, count=3)
+        await stack.control.inject_fault("lost_response", events, count=2)
+        await stack.control.inject_fault("rate_limit", events, count=2)
         load = WordLoad(service.url, key)
         await asyncio.gather(*(load.client(40, seed) for seed in range(6)))
         async with httpx.AsyncClient(base_url=service.url) as client:
@@ -104,14 +88,14 @@ async def test_the_example_router_bills_stripe_exactly_under_faults(
         assert await asyncio.to_thread(service.terminate)
     finally:
         service.kill()
-    await flush_all(db_url, stripe_emulator, stripe_price)
+    await flush_usage(env)
 
     # Every fault was met (a spent fault leaves the list), and billing came out exact all the same.
-    async with httpx.AsyncClient(base_url=stripe_emulator.url) as emulator:
+    async with httpx.AsyncClient(base_url=stack.emulator.url) as emulator:
         assert (await emulator.get("/_emulator/faults")).json()["data"] == []
     assert load.ok > 150 and load.refused > 20 and load.charged > 500
-    assert await ledger_total(db_url) == load.charged
-    assert await stripe_total(emulator_control, customer) == load.charged
+    assert await stack.ledger_total() == load.charged
+    assert await stack.stripe_total(customer) == load.charged
     words = schema["paths"]["/v1/words"]["post"]
     assert words["security"] == [{"ApiKey": []}]
     assert schema["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"

@@ -6,23 +6,11 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import stripe
-from sqlmodel import func, select
+import pytest
 
-from meterapi.billing.gateway import StripeGateway
-from meterapi.db import make_engine, make_sessionmaker
-from meterapi.metering.reporter import Reporter
-from meterapi.models import UsageEvent
-from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
-from tests.conftest import stripe_settings
-from tests.integration.gateway_support import paying_customer
-from tests.integration.servers import ServiceProcess
-
-
-async def seed(db_url: str, sdk: stripe.StripeClient) -> tuple[str, str]:
-    """A Stripe customer with an active subscription in our database, and a key."""
-    payer = await paying_customer(db_url, sdk, email="load@example.com")
-    return payer.customer, payer.key
+from tests.integration.conftest import Stack
+from tests.integration.gateway_support import Payer
+from tests.integration.servers import ServiceProcess, flush_usage
 
 
 class Load:
@@ -65,56 +53,14 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-async def ledger_total(db_url: str) -> int:
-    engine = make_engine(db_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            total = await session.scalar(select(func.coalesce(func.sum(UsageEvent.units), 0)))
-    finally:
-        await engine.dispose()
-    return int(total or 0)
+@pytest.fixture
+async def payer(stack: Stack) -> Payer:
+    return await stack.payer(email="load@example.com")
 
 
-async def flush_all(db_url: str, emulator: EmulatorServer, price: str) -> None:
-    settings = stripe_settings(db_url, emulator, price)
-    engine = make_engine(db_url)
-    gateway = StripeGateway(settings)
-    try:
-        reporter = Reporter(
-            make_sessionmaker(engine), gateway, interval_s=1, event_name="api_requests"
-        )
-        assert await reporter.flush(timeout_s=30) == 0
-    finally:
-        await gateway.close()
-        await engine.dispose()
-
-
-def service_env(db_url: str, emulator: EmulatorServer, price: str) -> dict[str, str]:
-    return {
-        "METERAPI_DATABASE_URL": db_url,
-        "METERAPI_STRIPE_API_BASE": emulator.url,
-        "METERAPI_STRIPE_PRICE_ID": price,
-        "METERAPI_REPORT_INTERVAL_S": "0.3",
-    }
-
-
-async def stripe_total(control: EmulatorControl, customer: str) -> int:
-    events = (await control.meter_events(customer=customer))["data"]
-    identifiers = [e["identifier"] for e in events]
-    assert len(identifiers) == len(set(identifiers))
-    return int(sum(float(e["value"]) for e in events))
-
-
-async def test_sigkill_during_load_then_restart(
-    db_url: str,
-    tmp_path: Path,
-    stripe_emulator: EmulatorServer,
-    stripe_price: str,
-    stripe_sdk: stripe.StripeClient,
-    emulator_control: EmulatorControl,
-) -> None:
-    customer, key = await seed(db_url, stripe_sdk)
-    env = service_env(db_url, stripe_emulator, stripe_price)
+async def test_sigkill_during_load_then_restart(stack: Stack, payer: Payer, tmp_path: Path) -> None:
+    customer, key = payer.customer, payer.key
+    env = stack.env()
     service = ServiceProcess(env, log_path=tmp_path / "service.log")
     await asyncio.to_thread(service.start)
     load = Load(service.url, key)
@@ -134,26 +80,19 @@ async def test_sigkill_during_load_then_restart(
     await asyncio.sleep(0.5)
     await load.stop()
     assert await asyncio.to_thread(restarted.terminate)
-    await flush_all(db_url, stripe_emulator, stripe_price)
+    await flush_usage(env)
 
     ok = ok_before + load.ok
-    recorded = await ledger_total(db_url)
+    recorded = await stack.ledger_total()
     # Every 2xx is in the ledger; beyond those, only calls cut off by the kill after their
     # usage was committed (their response was produced but never arrived).
     assert ok <= recorded <= ok + failed_before + load.failed
-    assert await stripe_total(emulator_control, customer) == recorded
+    assert await stack.stripe_total(customer) == recorded
 
 
-async def test_sigterm_flushes_before_exit(
-    db_url: str,
-    tmp_path: Path,
-    stripe_emulator: EmulatorServer,
-    stripe_price: str,
-    stripe_sdk: stripe.StripeClient,
-    emulator_control: EmulatorControl,
-) -> None:
-    customer, key = await seed(db_url, stripe_sdk)
-    env = service_env(db_url, stripe_emulator, stripe_price)
+async def test_sigterm_flushes_before_exit(stack: Stack, payer: Payer, tmp_path: Path) -> None:
+    customer, key = payer.customer, payer.key
+    env = stack.env()
     env["METERAPI_REPORT_INTERVAL_S"] = "3600"  # only the shutdown flush can send it
     service = ServiceProcess(env, log_path=tmp_path / "service.log")
     await asyncio.to_thread(service.start)
@@ -161,7 +100,7 @@ async def test_sigterm_flushes_before_exit(
     load.start()
     await load.until_ok(60)
     await load.stop()
-    assert await stripe_total(emulator_control, customer) == 0  # nothing sent yet
+    assert await stack.stripe_total(customer) == 0  # nothing sent yet
     assert await asyncio.to_thread(service.terminate)
-    assert await ledger_total(db_url) == load.ok
-    assert await stripe_total(emulator_control, customer) == load.ok
+    assert await stack.ledger_total() == load.ok
+    assert await stack.stripe_total(customer) == load.ok

@@ -18,21 +18,21 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
 from limits import parse
 from pydantic import SecretStr
-from sqlmodel import select
+from sqlmodel import func, select
 
 from meterapi import PaidCaller, Usage, create_app
 from meterapi.errors import NotFound
 from meterapi.metering.ratelimit import RateLimiter
 from meterapi.metrics import Metrics
-from meterapi.models import Customer
+from meterapi.models import Customer, UsageEvent
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import stripe_settings
+from tests.integration import internals
 from tests.integration.admin_support import ADMIN, ADMIN_TOKEN
 from tests.integration.gateway_support import UpstreamProcess, gateway_file, paying_customer
-from tests.integration.keys_support import headers, runtime_of, seed_key
+from tests.integration.keys_support import Seeder, headers
 from tests.integration.redis_support import PrivateRedis, shared_redis_url
 from tests.integration.servers import free_port
-from tests.integration.test_metering_api import ledger_units
 
 POLICY = re.compile(r'^"default";q=(\d+);w=(\d+)$')
 STATE = re.compile(r'^"default";r=(\d+);t=(\d+)$')
@@ -108,7 +108,8 @@ async def test_per_key_quota_headers_and_429_not_billed(
         assert int(refused.headers["retry-after"]) == reset
 
         # The count is the key's: another key of the same customer has its own.
-        _, second = await seed_key(app, await _customer_pk(app, payer.customer))
+        seed = Seeder(internals.sessionmaker(app), internals.pepper(app))
+        _, second = await seed.key(await _customer_pk(app, payer.customer))
         again = await client.get("/v1/data", headers=headers(second))
         assert again.status_code == 200
         assert limit_state(again)[2] == 2
@@ -124,8 +125,13 @@ async def test_per_key_quota_headers_and_429_not_billed(
         assert await ledger_units(app) == 3 + 1 + 2  # the 2xx only
 
 
+async def ledger_units(app: FastAPI) -> int:
+    async with internals.sessionmaker(app)() as session:
+        return int(await session.scalar(select(func.coalesce(func.sum(UsageEvent.units), 0))) or 0)
+
+
 async def _customer_pk(app: FastAPI, stripe_customer_id: str) -> int:
-    async with runtime_of(app).sessionmaker() as session:
+    async with internals.sessionmaker(app)() as session:
         found = await session.scalar(
             select(Customer.id).where(Customer.stripe_customer_id == stripe_customer_id)
         )
@@ -199,7 +205,7 @@ async def test_redis_unreachable_fails_open(
             assert response.status_code == 200
             assert POLICY.match(response.headers["ratelimit-policy"])
             assert "ratelimit" not in response.headers  # not counted: no remaining to tell
-        unchecked = runtime_of(app).metrics.rate_limit_unchecked
+        unchecked = internals.rate_limit_unchecked(app)
         assert unchecked.value(reason="error") >= 1
         assert unchecked.value(reason="error") + unchecked.value(reason="backoff") == 6
         metrics = (await client.get("/metrics")).text

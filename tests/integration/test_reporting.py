@@ -14,7 +14,8 @@ from meterapi.metering.claim import claim_unreported
 from meterapi.metering.reporter import lease_due
 from meterapi.models import Customer, ReportStatus, UsageReport, utcnow
 from meterapi.stripe_emulator import EmulatorControl
-from tests.integration.conftest import Billing, new_customer, record, statuses, stripe_total
+from tests.integration.conftest import Billing, new_customer, record, statuses
+from tests.integration.totals import stripe_total
 
 
 async def test_usage_reaches_stripe_once(

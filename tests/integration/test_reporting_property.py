@@ -12,7 +12,8 @@ from meterapi.metering.reporter import lease_due
 from meterapi.models import utcnow
 from meterapi.stripe_emulator import EmulatorControl
 from tests.conftest import IN_CI
-from tests.integration.conftest import Billing, new_customer, record, stripe_total
+from tests.integration.conftest import Billing, new_customer, record
+from tests.integration.totals import stripe_total
 
 FAULTS = st.sampled_from(
     [

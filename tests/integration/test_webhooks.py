@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 
 from meterapi.app import create_app
 from meterapi.billing import subscriptions
+from meterapi.billing.gateway import StripeGateway
+from meterapi.config import Settings
 from meterapi.db import Sessionmaker
 from tests.conftest import make_settings
 from tests.integration.billing_support import (
@@ -34,17 +34,15 @@ T0 = 1_800_000_000
 
 
 @pytest.fixture
-async def app(db_url: str) -> AsyncIterator[FastAPI]:
-    settings = make_settings(
+def settings(db_url: str) -> Settings:
+    """The suite's ``app`` with our price and webhook secret, and no Stripe: events carry all."""
+    return make_settings(
         db_url,
         stripe_api_base=NO_STRIPE,
         stripe_price_id=PRICE,
         stripe_webhook_secret=WEBHOOK_SECRET,
         past_due_grace_s=3600,
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
 
 
 async def _revision(sessionmaker: Sessionmaker) -> int:
@@ -229,14 +227,13 @@ async def test_checkout_without_price_configured_is_a_clear_503(db_url: str) -> 
 
 
 async def test_replay_handles_events_that_stripe_stopped_delivering(
-    app: FastAPI,
+    settings: Settings,
     client: httpx.AsyncClient,
     sessionmaker: Sessionmaker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from meterapi.billing import webhooks
     from meterapi.db import session_scope
-    from meterapi.runtime import Runtime
 
     async def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("down")
@@ -245,19 +242,20 @@ async def test_replay_handles_events_that_stripe_stopped_delivering(
     with monkeypatch.context() as patch:
         patch.setattr(subscriptions, "access_changed", broken)
         assert (await deliver(client, evt)).status_code == 500
-    runtime: Runtime = app.state.runtime
-    async with session_scope(sessionmaker) as session:
-        receipts = await webhooks.replay_unprocessed(
-            session, gateway=runtime.gateway, price_id=PRICE
-        )
+
+    async def replay() -> list[webhooks.Receipt]:  # what `meterapi webhooks replay` runs
+        gateway = StripeGateway(settings)
+        try:
+            async with session_scope(sessionmaker) as session:
+                return await webhooks.replay_unprocessed(session, gateway=gateway, price_id=PRICE)
+        finally:
+            await gateway.close()
+
+    receipts = await replay()
     assert [(r.event_id, r.outcome) for r in receipts] == [(evt["id"], webhooks.Outcome.PROCESSED)]
     async with sessionmaker() as session:
         (stored,) = await inbox(session)
         customer = await customer_by_stripe_id(session, "cus_1")
     assert stored.processed_at is not None and stored.attempts == 2
     assert customer is not None and customer.subscription_status == "active"
-    async with session_scope(sessionmaker) as session:  # nothing left to replay
-        assert (
-            await webhooks.replay_unprocessed(session, gateway=runtime.gateway, price_id=PRICE)
-            == []
-        )
+    assert await replay() == []  # nothing left to replay

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import stripe
-from fastapi import FastAPI
 
-from meterapi.app import create_app
 from meterapi.billing import webhooks
+from meterapi.billing.gateway import StripeGateway
+from meterapi.config import Settings
 from meterapi.db import Sessionmaker, session_scope
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import stripe_settings
@@ -31,15 +30,11 @@ from tests.metrics_support import sample
 
 
 @pytest.fixture
-async def app(
-    db_url: str, stripe_emulator: EmulatorServer, stripe_price: str
-) -> AsyncIterator[FastAPI]:
-    settings = stripe_settings(
+def settings(db_url: str, stripe_emulator: EmulatorServer, stripe_price: str) -> Settings:
+    """The suite's ``app``, verifying webhooks with the secret these tests sign with."""
+    return stripe_settings(
         db_url, stripe_emulator, stripe_price, stripe_webhook_secret=WEBHOOK_SECRET
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
 
 
 def signed_raw(body: str) -> tuple[bytes, dict[str, str]]:
@@ -112,7 +107,7 @@ def checkout_completed(subscription_id: str, *, created: int) -> dict[str, Any]:
 
 
 async def test_checkout_for_a_session_stripe_does_not_know_fails_permanently_with_2xx(
-    app: FastAPI, client: httpx.AsyncClient, sessionmaker: Sessionmaker
+    settings: Settings, client: httpx.AsyncClient, sessionmaker: Sessionmaker
 ) -> None:
     evt = checkout_completed("sub_stripe_never_made", created=int(time.time()))
     response = await deliver(client, evt)
@@ -133,10 +128,12 @@ async def test_checkout_for_a_session_stripe_does_not_know_fails_permanently_wit
     metrics = (await client.get("/metrics")).text
     assert sample(metrics, "meterapi_webhook_events_total", outcome="failed_permanently") == 2
     # `meterapi webhooks replay` still picks it up.
-    async with session_scope(sessionmaker) as session:
-        receipts = await webhooks.replay_unprocessed(
-            session, gateway=app.state.runtime.gateway, price_id=None
-        )
+    gateway = StripeGateway(settings)
+    try:
+        async with session_scope(sessionmaker) as session:
+            receipts = await webhooks.replay_unprocessed(session, gateway=gateway, price_id=None)
+    finally:
+        await gateway.close()
     assert [(r.event_id, r.outcome) for r in receipts] == [
         (evt["id"], webhooks.Outcome.FAILED_PERMANENTLY)
     ]
