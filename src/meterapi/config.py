@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     admin_token: SecretStr | None = None
     rate_limit: str | None = None
+    # Rate-limit counts shared by every worker and replica; it may hold a password.
+    redis_url: SecretStr | None = None
+    # The longest a paid request waits on Redis before going on without its rate limit.
+    redis_timeout_s: float = Field(default=0.005, gt=0, le=1)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     # Outbound delivery's pace (CONTRACT §8 fixes the defaults; tests shorten them).
@@ -122,6 +126,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _a_redis_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not text.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
 
     @field_validator("rate_limit")
     @classmethod

@@ -161,6 +161,12 @@ class Metrics:
             "Outbound webhook attempts by outcome (delivered, retry, failed, gone).",
             labels=("outcome",),
         )
+        self.rate_limit_unchecked = r.counter(
+            "meterapi_rate_limit_unchecked_total",
+            "Paid requests let through without a rate-limit count because Redis did not "
+            "answer (timeout, error) or was being left alone after a failure (backoff).",
+            labels=("reason",),
+        )
         self.parked_reports = r.gauge(
             "meterapi_usage_parked_reports", "Meter events waiting for an operator."
         )

@@ -16,6 +16,7 @@ from meterapi.metering.alerts import ThresholdAlerts
 from meterapi.metering.ledger import UsageRecorder
 from meterapi.metering.limits import Pricing
 from meterapi.metering.limits_cache import LimitsCache
+from meterapi.metering.ratelimit import RateLimiter
 from meterapi.metering.reporter import Reporter
 from meterapi.metering.spend import SpendGuard
 from meterapi.metering.usage import InvoicePreviews
@@ -42,6 +43,7 @@ class Runtime:
     pricing: Pricing
     outbound: Deliverer
     limits: LimitsCache
+    rate_limiter: RateLimiter
     spend: SpendGuard
     alerts: ThresholdAlerts
 
@@ -100,6 +102,11 @@ class Runtime:
             pricing=pricing,
             outbound=outbound,
             limits=limits,
+            rate_limiter=RateLimiter(
+                redis_url=settings.redis_url,
+                unchecked=metrics.rate_limit_unchecked,
+                timeout_s=settings.redis_timeout_s,
+            ),
             spend=spend,
             alerts=ThresholdAlerts(sessionmaker, pricing, spend, limits),
         )
@@ -107,6 +114,7 @@ class Runtime:
     async def start(self) -> None:
         """Start the background work (the lifespan calls this before serving)."""
         await self.keys.start()
+        await self.rate_limiter.start()
         self.recorder.start()
         self.reporter.start()
         self.outbound.start()
@@ -124,5 +132,6 @@ class Runtime:
             await self.spend.stop()
         finally:
             await self.gateway.close()
+            await self.rate_limiter.close()
             await self.ledger_engine.dispose()
             await self.engine.dispose()

@@ -27,6 +27,7 @@ class DataOut(BaseModel):
         400: {"description": "Key sent in the query string, or two different keys sent"},
         401: {"description": "Missing or invalid API key"},
         402: {"description": "The subscription does not allow access"},
+        429: {"description": "Over the key's rate limit (rate_limited); not billed"},
         503: {"description": "The call could not be recorded, so it was not served"},
     },
 )

@@ -26,13 +26,18 @@ The contract, for routes and for anything else that answers paid requests (the g
   template (``UsageMeter.route`` when set, else the route FastAPI matched, ``route_template``).
 - A response that an exception handler turns into a 2xx counts as a 2xx: the layer sees
   responses, not exceptions. meterapi's own handlers never answer 2xx.
+- Rate limits (``_admit``, ``metering.ratelimit``): each admitted call of a key whose customer
+  has a rate limit is counted, and the IETF ``RateLimit-Policy``/``RateLimit`` headers are put in
+  the scope; the same layer adds them to whatever response starts (2xx, 429, any later refusal
+  or error, streaming or not, the gateway's too). Over the limit: 429 ``rate_limited`` with
+  ``Retry-After``, raised before the endpoint runs, so nothing is charged or recorded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -40,7 +45,7 @@ from fastapi import Depends, Request, Security
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterapi.api.deps import ApiKeyAuth, require_api_key
-from meterapi.errors import UsageNotRecorded
+from meterapi.errors import RateLimited, UsageNotRecorded
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metrics import Counter
 from meterapi.runtime import Runtime
@@ -56,6 +61,7 @@ MAX_REQUEST_UNITS = 2**31 - 1
 ROUTE_LENGTH = 200
 
 _METER = "meterapi.usage"  # the request's UsageMeter, in the ASGI scope
+_RATE_HEADERS = "meterapi.rate_limit_headers"  # the RateLimit headers of this response
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +134,16 @@ async def authenticate_paid(request: Request) -> Caller:
 async def _admit(request: Request, caller: Caller) -> None:
     """The limits of a paid call: the rate limit and the spend cap (CONTRACT §7) are checked
     here, and only here, for Python routes and the gateway alike."""
+    # Straight from the app, as ``require_api_key`` does: one dependency level less.
     runtime: Runtime = request.app.state.runtime
     limits = await runtime.limits.get(caller.customer_pk)
+    if limits.rate_limit is not None:
+        verdict = await runtime.rate_limiter.hit(limits.rate_limit, caller.key_id)
+        request.scope[_RATE_HEADERS] = verdict.headers()
+        if not verdict.allowed:
+            error = RateLimited("Too many requests for this API key; try again later.")
+            error.headers = {"Retry-After": str(verdict.reset_s)}
+            raise error
     await runtime.spend.check(caller.customer_pk, limits.monthly_spend_cap)  # 402 at the cap
 
 
@@ -195,13 +209,16 @@ class UsageRecording:
             if withdrawn:
                 raise ResponseWithdrawn()
             if message["type"] == "http.response.start":
+                extra = scope.get(_RATE_HEADERS)
+                if extra is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
                 meter: UsageMeter | None = scope.get(_METER)
                 if meter is not None:
                     meter.sealed = True
                     billable = meter.units and 200 <= message["status"] < 300
                     if billable and not await self._record(scope, meter):
                         withdrawn = True
-                        await _send_unavailable(send)
+                        await _send_unavailable(send, extra or ())
                         raise ResponseWithdrawn()
             await send(message)
 
@@ -239,7 +256,7 @@ def route_template(scope: Scope) -> str:
     return template if isinstance(template, str) else "unmatched"
 
 
-async def _send_unavailable(send: Send) -> None:
+async def _send_unavailable(send: Send, extra: Iterable[tuple[bytes, bytes]]) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -247,6 +264,7 @@ async def _send_unavailable(send: Send) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(_UNAVAILABLE)).encode()),
+                *extra,
             ],
         }
     )

@@ -191,6 +191,7 @@ def add_to_openapi(schema: dict[str, Any], spec: GatewaySpec) -> None:
 _REFUSALS = {
     401: "Missing or invalid API key",
     402: "The subscription does not allow access",
+    429: "Over the key's rate limit; not billed",
     502: "The upstream could not be reached; not billed",
     503: "The call could not be recorded, so it was not served",
     504: "The upstream did not answer in time; not billed",

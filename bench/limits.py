@@ -1,0 +1,267 @@
+"""Rate-limit benchmark: ``python -m bench.limits [--seconds 8] [--rounds 3] [--connections 32]``.
+
+One run, PostgreSQL, each part in its own process (the database, the Stripe emulator, a private
+``redis-server`` without persistence, the services):
+
+1. the strategies of the ``limits`` package, in this process: client CPU µs per counted call
+   (a hit plus what the RateLimit headers need), memory and Redis, 32 calls in flight;
+2. metered throughput (``/v1/data``, one worker) at saturation, in interleaved rounds: without
+   a rate limit, with one high enough never to refuse counted in the process, and the same
+   counted in Redis. Ratios to "without" per round (the median is reported), CPU µs per request
+   (service + database + Redis), and how many calls went on unchecked (the Redis timeout met);
+3. ``--workers 2`` sharing Redis, a key allowed 100/second sending 300/second for 13 s: the 2xx
+   of every worker whose answer came in a 10 s window in the steady state, against the quota.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import time
+from collections.abc import Callable
+
+import httpx
+import redis
+
+from bench.cpu import CpuMeter, process_tree
+from bench.drive import Result, saturate, wrk_available
+from bench.stack import Proc, Stack, free_port, narrator
+
+NEVER = "1000000/second"  # a limit no run reaches
+SHARED_LIMIT = 100  # per second, for part 3
+SEND_FACTOR = 3
+
+
+def start_redis(stack: Stack) -> Proc:
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    proc = stack.spawn("redis", [*argv, "--appendonly", "no"], port=port, env={})
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return proc
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# -- 1. strategies ------------------------------------------------------------------------------
+
+
+def strategies(redis_url: str) -> dict[str, float]:
+    """Client CPU µs per call of each strategy, with the reads the RateLimit headers need."""
+    from limits import parse
+    from limits.aio.storage import MemoryStorage, RedisStorage
+    from limits.aio.strategies import (
+        FixedWindowRateLimiter,
+        MovingWindowRateLimiter,
+        SlidingWindowCounterRateLimiter,
+    )
+
+    item = parse(NEVER)
+
+    async def measure(limiter: object, *, one_trip: bool, n: int = 4000) -> float:
+        from limits.aio.strategies import RateLimiter
+
+        assert isinstance(limiter, RateLimiter)
+
+        async def call(i: int) -> None:
+            key = f"k{i % 20}"
+            if one_trip:  # the service's way: the count comes back with the increment
+                await limiter.storage.incr(item.key_for("b", key, str(int(time.time()))), 1)
+            else:
+                await limiter.hit(item, "b", key)
+                await limiter.get_window_stats(item, "b", key)
+
+        async def worker(start: int) -> None:
+            for i in range(start, n, 32):
+                await call(i)
+
+        await asyncio.gather(*(worker(j) for j in range(32)))  # warm
+        started = time.process_time()
+        await asyncio.gather(*(worker(j) for j in range(32)))
+        return (time.process_time() - started) * 1e6 / n
+
+    async def run() -> dict[str, float]:
+        uri = "async+" + redis_url
+
+        def on_redis(prefix: str) -> RedisStorage:
+            return RedisStorage(uri, implementation="redispy", key_prefix=prefix)
+
+        return {
+            "memory fixed window, 1 call": await measure(
+                FixedWindowRateLimiter(MemoryStorage()), one_trip=True
+            ),
+            "memory sliding window counter, hit + stats": await measure(
+                SlidingWindowCounterRateLimiter(MemoryStorage()), one_trip=False
+            ),
+            "memory moving window, hit + stats": await measure(
+                MovingWindowRateLimiter(MemoryStorage()), one_trip=False
+            ),
+            "redis fixed window, 1 call": await measure(
+                FixedWindowRateLimiter(on_redis("bf")), one_trip=True
+            ),
+            "redis sliding window counter, hit + stats": await measure(
+                SlidingWindowCounterRateLimiter(on_redis("bs")), one_trip=False
+            ),
+            "redis moving window, hit + stats": await measure(
+                MovingWindowRateLimiter(on_redis("bm")), one_trip=False
+            ),
+        }
+
+    return asyncio.run(run())
+
+
+# -- 2. throughput ------------------------------------------------------------------------------
+
+
+def unchecked(proc: Proc) -> float:
+    text = httpx.get(f"{proc.url}/metrics", timeout=10).text
+    found = re.findall(r"^meterapi_rate_limit_unchecked_total\{[^}]*\} (\S+)$", text, re.M)
+    return sum(float(v) for v in found)
+
+
+def _line(name: str, result: Result, cpu_us: float) -> str:
+    return (
+        f"{name:<22} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+        f"p99 {result.p99_ms:6.2f} ms  2xx {result.ok}  other {result.other}  "
+        f"CPU {cpu_us:5.0f} us/req"
+    )
+
+
+# -- 3. two workers, one quota ------------------------------------------------------------------
+
+
+async def paced(url: str, key: str, *, rate: float, seconds: float) -> list[tuple[float, int]]:
+    """Calls due at ``rate`` per second for ``seconds``, from 16 senders on connections of their
+    own (a call due while its sender waits goes out late); (answer time, status) of each."""
+    answers: list[tuple[float, int]] = []
+    senders = 16
+    started = time.monotonic()
+
+    async def sender(offset: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            i = offset
+            while i / rate < seconds:
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                try:
+                    response = await client.get("/v1/data", headers={"X-API-Key": key})
+                    answers.append((time.monotonic() - started, response.status_code))
+                except httpx.HTTPError:
+                    answers.append((time.monotonic() - started, 0))
+                i += senders
+
+    await asyncio.gather(*(sender(j) for j in range(senders)))
+    return answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="rate limits: cost and accuracy")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--redis-timeout",
+        default=None,
+        help="METERAPI_REDIS_TIMEOUT_S for the services (default: the service's own)",
+    )
+    args = parser.parse_args(argv)
+    timeout = {"METERAPI_REDIS_TIMEOUT_S": args.redis_timeout} if args.redis_timeout else {}
+    tool = "wrk" if wrk_available() else "loadgen"
+    say = narrator()
+    with Stack() as stack:
+        say("database, emulator, schema, price, redis")
+        stack.set_up()
+        redis_proc = start_redis(stack)
+        redis_url = f"redis://127.0.0.1:{redis_proc.port}/0"
+
+        say("1. strategies, client CPU per call, 32 in flight")
+        for name, cpu_us in strategies(redis_url).items():
+            say(f"   {name:<45} {cpu_us:6.1f} us")
+
+        say("2. metered throughput, one worker each, interleaved rounds")
+        configs: dict[str, dict[str, str]] = {
+            "no rate limit": {},
+            "in-process limit": {"METERAPI_RATE_LIMIT": NEVER},
+            "Redis limit": {
+                "METERAPI_RATE_LIMIT": NEVER,
+                "METERAPI_REDIS_URL": redis_url,
+                **timeout,
+            },
+        }
+        services = {
+            name: stack.start_service(name.replace(" ", "-"), **env)
+            for name, env in configs.items()
+        }
+        keys = {name: stack.seed_customer(name.replace(" ", "-"))[1] for name in configs}
+        database = stack.database_pids()
+        common = {"seconds": args.seconds, "connections": args.connections, "tool": tool}
+        for name, proc in services.items():
+            saturate([proc.port], "/v1/data", key=keys[name], **{**common, "seconds": 2.0})
+        rps: dict[str, list[float]] = {name: [] for name in configs}
+        cpu: dict[str, list[float]] = {name: [] for name in configs}
+        requests: dict[str, int] = dict.fromkeys(configs, 0)
+        for round_ in range(args.rounds):
+            say(f"   round {round_ + 1}")
+            for name, proc in services.items():
+
+                def pids(p: Proc = proc) -> list[int]:
+                    return [*process_tree(p.pid), redis_proc.pid]
+
+                meter = CpuMeter(pids, database)
+                before = meter.sample()
+                result = saturate([proc.port], "/v1/data", key=keys[name], **common)
+                per = meter.per_request(before, result.requests)
+                rps[name].append(result.rps)
+                cpu[name].append(per.total_us)
+                requests[name] += result.requests
+                say("   " + _line(name, result, per.total_us))
+        base = rps["no rate limit"]
+        for name in ("in-process limit", "Redis limit"):
+            ratios = [r / b for r, b in zip(rps[name], base, strict=True)]
+            say(
+                f"   {name}: throughput ratio to none, median {statistics.median(ratios):.2f} "
+                f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}); "
+                f"CPU {statistics.median(cpu[name]):.0f} us/req against "
+                f"{statistics.median(cpu['no rate limit']):.0f}"
+            )
+        say(
+            f"   Redis calls that met the timeout or an error: "
+            f"{unchecked(services['Redis limit']):.0f} of {requests['Redis limit']}"
+        )
+        for proc in services.values():
+            proc.terminate()
+
+        say(f"3. two workers sharing Redis: {SHARED_LIMIT}/second, sent {SEND_FACTOR}x for 13 s")
+        shared = stack.start_service(
+            "shared",
+            workers=2,
+            METERAPI_RATE_LIMIT=f"{SHARED_LIMIT}/second",
+            METERAPI_REDIS_URL=redis_url,
+            **timeout,
+        )
+        _, key = stack.seed_customer("shared")
+        answers = asyncio.run(paced(shared.url, key, rate=SHARED_LIMIT * SEND_FACTOR, seconds=13.0))
+        in_window: Callable[[float], bool] = lambda t: 2.0 <= t < 12.0  # noqa: E731
+        ok = sum(1 for t, status in answers if status == 200 and in_window(t))
+        refused = sum(1 for t, status in answers if status == 429 and in_window(t))
+        other = sum(1 for _, status in answers if status not in (200, 429))
+        quota = SHARED_LIMIT * 10
+        sent = sum(1 for t, _ in answers if in_window(t))
+        say(
+            f"   2xx in a 10 s window: {ok} (quota {quota}, {100 * (ok - quota) / quota:+.1f}%); "
+            f"429 {refused}; answered in the window {sent} ({sent / 10:.0f}/s); other answers "
+            f"{other}; unchecked {unchecked(shared):.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
