@@ -18,9 +18,9 @@ from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import EMULATOR_SECRET_KEY, EMULATOR_WEBHOOK_SECRET
 from tests.integration.gateway_support import paying_customer
 from tests.integration.redis_support import PrivateRedis, shared_redis_url
-from tests.integration.servers import ServeCommand
-from tests.integration.test_process_faults import flush_all, ledger_total, stripe_total
+from tests.integration.servers import ServeCommand, flush_usage
 from tests.integration.test_rate_limits import POLICY, STATE
+from tests.integration.totals import ledger_total, stripe_total
 
 PEPPER = "rate-limit-process-tests-pepper"
 CLIENTS = 24  # connections at once: both workers take some
@@ -127,7 +127,7 @@ async def test_two_workers_share_each_keys_quota(
         service.kill()
 
     # 429s are neither recorded nor billed: Stripe has exactly the 2xx.
-    await flush_all(db_url, stripe_emulator, stripe_price)
+    await flush_usage(env)
     assert await ledger_total(db_url) == billed
     assert await stripe_total(emulator_control, payer.customer) == billed
 
@@ -204,6 +204,6 @@ async def test_redis_stopped_mid_run_fails_open_then_limits_return(
     log = (tmp_path / "serve.log").read_text()
     # Said, but not once per request: at most once a minute in each worker.
     assert 1 <= log.count("Redis unavailable") <= 2, log[-3000:]
-    await flush_all(db_url, stripe_emulator, stripe_price)
+    await flush_usage(env)
     assert await ledger_total(db_url) == billed
     assert await stripe_total(emulator_control, payer.customer) == billed

@@ -23,7 +23,7 @@ from tests.integration.billing_support import customer_by_stripe_id
 from tests.integration.gateway_support import paying_customer
 from tests.integration.outbound_support import eventually
 from tests.integration.servers import ServeCommand
-from tests.integration.test_process_faults import ledger_total
+from tests.integration.totals import ledger_total
 
 CAP = 400  # minor units; at the emulator's 0.5 a unit, 799 units
 CLIENTS = 8
