@@ -3,6 +3,7 @@ where it reads, where it does not, and what it decides."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -14,7 +15,7 @@ from sqlalchemy import event
 
 from meterapi.billing.gateway import StripeGateway
 from meterapi.errors import SpendCapReached
-from meterapi.metering.spend import SpendGuard
+from meterapi.metering.spend import RATE_WINDOW_S, SpendGuard
 from meterapi.models import Customer, utcnow
 from tests.conftest import make_settings
 from tests.integration.billing_support import NO_STRIPE
@@ -71,6 +72,8 @@ async def test_far_from_the_cap_no_read_then_exact_near_it(
     cap = 1000  # 1999 units; near = the last 399
     await used(billing, guard, customer, 1000)
     await guard.check(customer, cap)  # the first look reads
+    await asyncio.sleep(RATE_WINDOW_S)
+    await guard.check(customer, cap)  # and reads again until it knows the customer's rate
     await record(billing, customer, 300)  # by another process, unseen here
     with reads(billing) as statements:
         for _ in range(50):

@@ -41,7 +41,7 @@ from sqlmodel import col, select
 from meterapi.billing.gateway import StripeGateway
 from meterapi.db import Sessionmaker
 from meterapi.errors import DomainError, SpendCapReached
-from meterapi.metering.usage import Period, usage_totals
+from meterapi.metering.usage import Period, UsageTotals, usage_totals
 from meterapi.models import Customer, CustomerLimit, utcnow
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ REFRESH_S = 1.0
 MARGIN_FRACTION = 5
 MIN_MARGIN = 100
 PRICE_RETRY_S = 10.0
+PRICE_WAIT_S = 2.0  # the longest a capped call waits for the price before going on unchecked
+RATE_WINDOW_S = 0.5  # the shortest span a customer's rate is measured over
+RATE_STALE_S = 5.0  # a rate older than this is forgotten
 
 
 def spend_of(units: int, unit_amount: Decimal) -> int:
@@ -83,7 +86,13 @@ class Tally:
     period: Period
     ledger_units: int  # this period's units in the ledger when the read ran
     own_at_read: int  # this process's ``record`` counter when the read began
+    own_at_end: int  # ... and when it ended (units recorded in between may or may not be in it)
     read_at: float  # time.monotonic() when the read began
+    # The customer's units per second in the ledger (every process's), measured from the read
+    # at ``base_at`` (``base_units`` then) once at least RATE_WINDOW_S apart; None until then.
+    rate: float | None
+    base_at: float
+    base_units: int
 
 
 class SpendGuard:
@@ -151,6 +160,8 @@ class SpendGuard:
         """Raise ``SpendCapReached`` when the customer's spend this period has reached ``cap``."""
         if cap is None:
             return
+        if self._unit_amount is None and cap > 0:
+            await self._price_now()
         limit = self._limit(cap)
         if limit is None:
             return
@@ -158,17 +169,29 @@ class SpendGuard:
         tally = self._tallies.get(customer_id)
         fresh = tally is not None and arrived - tally.read_at < self.refresh_s
         if tally is not None and fresh and utcnow() < tally.period.end:
-            estimate = self._estimate(customer_id, tally)
-            if estimate >= limit:
+            if self._at_least(customer_id, tally) >= limit:
                 raise SpendCapReached()
-            if limit - estimate > margin(limit):
-                return
+            estimate = self._estimate(customer_id, tally)
+            # Far from the cap: with what every process may have added since the read (twice
+            # the rate the ledger last grew at, for the read's age) it still leaves the margin.
+            # Until the rate is known, every check reads.
+            if tally.rate is not None:
+                unseen = 2 * tally.rate * (arrived - tally.read_at)
+                if limit - estimate - unseen > margin(limit):
+                    return
         tally = await self._read_after(customer_id, arrived)
-        if tally is not None and self._estimate(customer_id, tally) >= limit:
+        if tally is not None and self._at_least(customer_id, tally) >= limit:
             raise SpendCapReached()
 
     def _estimate(self, customer_id: int, tally: Tally) -> int:
+        """The most the ledger may hold now, as far as this process knows: admitting on it
+        never lets this process's own units past the margin unseen."""
         return tally.ledger_units + self._own.get(customer_id, 0) - tally.own_at_read
+
+    def _at_least(self, customer_id: int, tally: Tally) -> int:
+        """The least the ledger holds now: a refusal rests on it, so none comes before the cap
+        (this process's units recorded while the read ran may already be in ``ledger_units``)."""
+        return tally.ledger_units + self._own.get(customer_id, 0) - tally.own_at_end
 
     def _limit(self, cap: int) -> int | None:
         """``cap_units`` of ``cap`` at the price; None (admit) while the price is unknown."""
@@ -213,11 +236,21 @@ class SpendGuard:
             # on); recording usage needs the database anyway.
             log.warning("spend of customer %s not read: %s", customer_id, type(exc).__name__)
             return self._tallies.get(customer_id)
-        tally = Tally(totals.period, totals.units, own, started)
         kept = self._tallies.get(customer_id)
+        own_end = self._own.get(customer_id, 0)
+        rate, base_at, base_units = _rate(kept, totals, started)
+        tally = Tally(totals.period, totals.units, own, own_end, started, rate, base_at, base_units)
         if kept is None or kept.read_at <= started:
             self._tallies[customer_id] = tally
         return tally
+
+    async def _price_now(self, timeout_s: float = PRICE_WAIT_S) -> None:
+        """Wait (a little) for the price rather than admit a capped call unchecked; a price that
+        could not be read is tried again only every PRICE_RETRY_S, and meanwhile not waited for."""
+        self._fetch_price()
+        if self._price_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._price_task), timeout_s)
 
     def _fetch_price(self) -> None:
         if self._price_id is None or self._price_task is not None:
@@ -234,3 +267,17 @@ class SpendGuard:
             log.warning("spend caps not enforced: the price cannot be read (%s)", exc.code)
         finally:
             self._price_task = None
+
+
+def _rate(
+    kept: Tally | None, totals: UsageTotals, started: float
+) -> tuple[float | None, float, int]:
+    """The customer's rate (units per second, every process's) and the read it is measured from:
+    measured again once RATE_WINDOW_S has passed since that read; None (not known) for a new
+    period, a first read, or after a pause long enough that the old figure says nothing."""
+    if kept is None or kept.period != totals.period or started - kept.base_at > RATE_STALE_S:
+        return None, started, totals.units
+    elapsed = started - kept.base_at
+    if elapsed < RATE_WINDOW_S:
+        return kept.rate, kept.base_at, kept.base_units
+    return max(0, totals.units - kept.base_units) / elapsed, started, totals.units
