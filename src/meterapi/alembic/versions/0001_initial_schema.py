@@ -1,11 +1,6 @@
-"""initial schema
+"""initial schema"""
 
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-25
-"""
-
-from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,8 +10,11 @@ import meterapi.models
 
 revision: str = "0001"
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+
+
+def _where(condition: str) -> dict[str, Any]:
+    """A partial index's condition, for PostgreSQL and SQLite alike."""
+    return {"postgresql_where": sa.text(condition), "sqlite_where": sa.text(condition)}
 
 
 def upgrade() -> None:
@@ -78,8 +76,7 @@ def upgrade() -> None:
             "ix_stripe_event_unprocessed",
             ["received_at"],
             unique=False,
-            postgresql_where=sa.text("processed_at IS NULL"),
-            sqlite_where=sa.text("processed_at IS NULL"),
+            **_where("processed_at IS NULL"),
         )
 
     op.create_table(
@@ -174,18 +171,13 @@ def upgrade() -> None:
             "ix_usage_event_unreported",
             ["customer_id", "id"],
             unique=False,
-            postgresql_where=sa.text("report_id IS NULL"),
-            sqlite_where=sa.text("report_id IS NULL"),
+            **_where("report_id IS NULL"),
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("usage_event", schema=None) as batch_op:
-        batch_op.drop_index(
-            "ix_usage_event_unreported",
-            postgresql_where=sa.text("report_id IS NULL"),
-            sqlite_where=sa.text("report_id IS NULL"),
-        )
+        batch_op.drop_index("ix_usage_event_unreported", **_where("report_id IS NULL"))
         batch_op.drop_index("ix_usage_event_report")
         batch_op.drop_index("ix_usage_event_customer_occurred")
 
@@ -204,11 +196,7 @@ def downgrade() -> None:
 
     op.drop_table("api_key")
     with op.batch_alter_table("stripe_event", schema=None) as batch_op:
-        batch_op.drop_index(
-            "ix_stripe_event_unprocessed",
-            postgresql_where=sa.text("processed_at IS NULL"),
-            sqlite_where=sa.text("processed_at IS NULL"),
-        )
+        batch_op.drop_index("ix_stripe_event_unprocessed", **_where("processed_at IS NULL"))
 
     op.drop_table("stripe_event")
     op.drop_table("customer")

@@ -1,11 +1,4 @@
-"""subscription standing signals
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-25
-"""
-
-from collections.abc import Sequence
+"""subscription standing signals"""
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,8 +8,6 @@ import meterapi.models
 
 revision: str = "0002"
 down_revision: str | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -1,18 +1,9 @@
-"""usage reports by customer and time, for the usage view
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-25
-"""
-
-from collections.abc import Sequence
+"""usage reports by customer and time, for the usage view"""
 
 from alembic import op
 
 revision: str = "0003"
 down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

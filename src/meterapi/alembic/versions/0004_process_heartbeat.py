@@ -1,11 +1,4 @@
-"""process heartbeats (revocation acknowledged by every process); api_key.rotated_at
-
-Revision ID: 0004_process_heartbeat
-Revises: 0003
-Create Date: 2026-11-30
-"""
-
-from collections.abc import Sequence
+"""process heartbeats (revocation acknowledged by every process); api_key.rotated_at"""
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,8 +8,6 @@ import meterapi.models
 
 revision: str = "0004_process_heartbeat"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

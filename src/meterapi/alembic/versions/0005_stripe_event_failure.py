@@ -1,11 +1,4 @@
-"""stripe events Stripe answered permanently about: when handling gave up
-
-Revision ID: 0005_stripe_event_failure
-Revises: 0003
-Create Date: 2026-11-30
-"""
-
-from collections.abc import Sequence
+"""stripe events Stripe answered permanently about: when handling gave up"""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ import meterapi.models
 
 revision: str = "0005_stripe_event_failure"
 down_revision: str | None = "0004_process_heartbeat"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

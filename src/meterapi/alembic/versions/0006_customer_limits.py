@@ -1,11 +1,4 @@
-"""per-customer limits: rate limit override and monthly spend cap
-
-Revision ID: 0006
-Revises: 0003
-Create Date: 2026-11-30
-"""
-
-from collections.abc import Sequence
+"""per-customer limits: rate limit override and monthly spend cap"""
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,8 +8,6 @@ import meterapi.models
 
 revision: str = "0006"
 down_revision: str | None = "0005_stripe_event_failure"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -1,11 +1,4 @@
-"""the outbox of outbound webhooks
-
-Revision ID: 0007
-Revises: 0003
-Create Date: 2026-11-30
-"""
-
-from collections.abc import Sequence
+"""the outbox of outbound webhooks"""
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,8 +8,6 @@ import meterapi.models
 
 revision: str = "0007"
 down_revision: str | None = "0006"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 _PENDING = "status = 'pending'"
 

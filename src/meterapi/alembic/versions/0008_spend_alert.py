@@ -1,11 +1,4 @@
-"""spend-cap threshold alerts that fired, one row per customer, period and threshold
-
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-11-30
-"""
-
-from collections.abc import Sequence
+"""spend-cap threshold alerts that fired, one row per customer, period and threshold"""
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +7,6 @@ import meterapi.models
 
 revision: str = "0008"
 down_revision: str | None = "0007"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
