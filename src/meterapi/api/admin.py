@@ -6,7 +6,7 @@ Mounted only when ``METERAPI_ADMIN_TOKEN`` is set; every route needs that token 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from meterapi.api.customer_limits import LimitsOut, SpendCapIn, price_known, read_limits
 from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyIdPath, KeyPublic
+from meterapi.api.responses import ADMIN_REFUSED, Descriptions, Page, responses
 from meterapi.api.usage import UsageOut, usage_of
 from meterapi.keys import service as key_service
 from meterapi.metering import accounts, limits
@@ -24,10 +25,7 @@ from meterapi.runtime import Runtime
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong operator token (invalid_admin_token)"},
-}
-_NO_CUSTOMER: dict[int | str, dict[str, Any]] = {404: {"description": "No such customer"}}
+_NO_CUSTOMER: Descriptions = {404: "No such customer"}
 
 # Stripe ids are opaque (up to 255 characters); no control characters (PostgreSQL refuses NUL).
 StripeId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -66,9 +64,8 @@ class CustomerSummary(BaseModel):
         )
 
 
-class CustomerList(BaseModel):
-    data: list[CustomerSummary]
-    has_more: bool
+class CustomerList(Page[CustomerSummary]):
+    pass
 
 
 class OperatorLimitsOut(LimitsOut):
@@ -112,7 +109,7 @@ async def limits_of(
     "/customers",
     response_model=CustomerList,
     summary="Customers in the order they joined: status, access, usage this period, keys",
-    responses={**ADMIN_ERRORS, 404: {"description": "starting_after names no customer"}},
+    responses=responses(ADMIN_REFUSED, {404: "starting_after names no customer"}),
 )
 async def list_customers(
     session: SessionDep,
@@ -136,7 +133,7 @@ async def list_customers(
     "/customers/{customer_id}",
     response_model=CustomerDetail,
     summary="One customer with their keys, usage (as GET /v1/usage) and limits",
-    responses={**ADMIN_ERRORS, **_NO_CUSTOMER},
+    responses=responses(ADMIN_REFUSED, _NO_CUSTOMER),
 )
 async def get_customer(
     customer_id: CustomerPath, session: SessionDep, runtime: RuntimeDep
@@ -165,7 +162,7 @@ async def get_customer(
     "/customers/{customer_id}/limits",
     response_model=OperatorLimitsOut,
     summary="Override a customer's rate limit and set or clear their monthly spend cap",
-    responses={**ADMIN_ERRORS, **_NO_CUSTOMER},
+    responses=responses(ADMIN_REFUSED, _NO_CUSTOMER),
 )
 async def put_limits(
     customer_id: CustomerPath, body: LimitsUpdate, session: SessionDep, runtime: RuntimeDep
@@ -190,11 +187,13 @@ async def put_limits(
     "/customers/{customer_id}/keys/{key_id}",
     status_code=204,
     summary="Revoke a customer's key now, in every worker and replica",
-    responses={
-        **ADMIN_ERRORS,
-        404: {"description": "No such customer, or no such key of theirs"},
-        409: {"description": "The customer's only active key (send force=true to revoke it)"},
-    },
+    responses=responses(
+        ADMIN_REFUSED,
+        {
+            404: "No such customer, or no such key of theirs",
+            409: "The customer's only active key (send force=true to revoke it)",
+        },
+    ),
 )
 async def revoke_key(
     customer_id: CustomerPath,

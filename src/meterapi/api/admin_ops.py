@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from meterapi.api.admin import ADMIN_ERRORS, Limit
+from meterapi.api.admin import Limit
 from meterapi.api.deps import ADMIN_DEPENDENCIES, GatewayDep, PriceIdDep, RuntimeDep, SessionDep
+from meterapi.api.responses import ADMIN_REFUSED, Page, responses
 from meterapi.billing import webhooks
 from meterapi.db import commit_before_announcing
 from meterapi.errors import ValidationFailed
@@ -53,9 +54,8 @@ class ReportOut(BaseModel):
         )
 
 
-class ReportList(BaseModel):
-    data: list[ReportOut]
-    has_more: bool
+class ReportList(Page[ReportOut]):
+    pass
 
 
 class StripeEventOut(BaseModel):
@@ -80,9 +80,8 @@ class StripeEventOut(BaseModel):
         )
 
 
-class StripeEventList(BaseModel):
-    data: list[StripeEventOut]
-    has_more: bool
+class StripeEventList(Page[StripeEventOut]):
+    pass
 
 
 class ReplayOut(BaseModel):
@@ -92,6 +91,7 @@ class ReplayOut(BaseModel):
 
 
 class DriftOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from a metering.reconcile.Drift
     customer_id: str
     ledger_units: int
     stripe_units: int
@@ -109,7 +109,7 @@ class DriftList(BaseModel):
     "/reports",
     response_model=ReportList,
     summary="Usage reports (meter events) by status, oldest first",
-    responses=ADMIN_ERRORS,
+    responses=responses(ADMIN_REFUSED),
 )
 async def list_reports(
     session: SessionDep,
@@ -129,11 +129,10 @@ async def list_reports(
     "/reports/{report_id}/retry",
     response_model=ReportOut,
     summary="Send a parked report again, under the same identifier",
-    responses={
-        **ADMIN_ERRORS,
-        404: {"description": "No such report"},
-        409: {"description": "The report is not parked (report_not_parked)"},
-    },
+    responses=responses(
+        ADMIN_REFUSED,
+        {404: "No such report", 409: "The report is not parked (report_not_parked)"},
+    ),
 )
 async def retry_report(
     report_id: ReportIdPath, session: SessionDep, runtime: RuntimeDep
@@ -149,7 +148,7 @@ async def retry_report(
     "/stripe-events",
     response_model=StripeEventList,
     summary="Stored Stripe events whose handling failed",
-    responses=ADMIN_ERRORS,
+    responses=responses(ADMIN_REFUSED),
 )
 async def list_stripe_events(
     session: SessionDep,
@@ -168,11 +167,10 @@ async def list_stripe_events(
     "/stripe-events/{event_id}/replay",
     response_model=ReplayOut,
     summary="Handle a stored, failed Stripe event again, as its delivery would",
-    responses={
-        **ADMIN_ERRORS,
-        404: {"description": "No such stored event"},
-        409: {"description": "Processed already (event_already_processed)"},
-    },
+    responses=responses(
+        ADMIN_REFUSED,
+        {404: "No such stored event", 409: "Processed already (event_already_processed)"},
+    ),
 )
 async def replay_stripe_event(
     event_id: EventIdPath, session: SessionDep, gateway: GatewayDep, price_id: PriceIdDep
@@ -203,7 +201,7 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
     summary="Per customer: the ledger's units against Stripe's meter event summaries",
     description="drift = stripe_units - (ledger_units - pending_units). Without start and end,"
     " each customer's current billing period. Times without a zone are UTC.",
-    responses={**ADMIN_ERRORS, 503: {"description": "Stripe could not be read"}},
+    responses=responses(ADMIN_REFUSED, {503: "Stripe could not be read"}),
 )
 async def reconciliation(
     runtime: RuntimeDep,
@@ -216,17 +214,4 @@ async def reconciliation(
     if start is not None and end is not None and end <= start:
         raise ValidationFailed("end must be after start.")
     rows = await Reconciler(runtime.sessionmaker, runtime.gateway).run(start=start, end=end)
-    return DriftList(
-        data=[
-            DriftOut(
-                customer_id=r.customer_id,
-                ledger_units=r.ledger_units,
-                stripe_units=r.stripe_units,
-                pending_units=r.pending_units,
-                drift=r.drift,
-                start=r.start,
-                end=r.end,
-            )
-            for r in rows
-        ]
-    )
+    return DriftList(data=[DriftOut.model_validate(r) for r in rows])

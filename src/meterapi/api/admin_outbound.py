@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from meterapi.api.admin import ADMIN_ERRORS, Limit, StripeId
+from meterapi.api.admin import Limit, StripeId
 from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
+from meterapi.api.responses import ADMIN_REFUSED, Page, responses
 from meterapi.db import commit_before_announcing
 from meterapi.outbound import outbox
 
@@ -22,6 +23,7 @@ OutboundIdPath = Annotated[
 
 
 class OutboundEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from an outbox.OutboxEntry
     id: str  # the webhook-id, the same on every attempt
     type: str
     customer_id: str
@@ -32,24 +34,9 @@ class OutboundEventOut(BaseModel):
     created_at: datetime
     delivered_at: datetime | None
 
-    @classmethod
-    def of(cls, entry: outbox.OutboxEntry) -> OutboundEventOut:
-        return cls(
-            id=entry.id,
-            type=entry.type,
-            customer_id=entry.customer_id,
-            status=entry.status,  # an OutboundStatus value
-            attempts=entry.attempts,
-            next_attempt_at=entry.next_attempt_at,
-            last_error=entry.last_error,
-            created_at=entry.created_at,
-            delivered_at=entry.delivered_at,
-        )
 
-
-class OutboundEventList(BaseModel):
-    data: list[OutboundEventOut]
-    has_more: bool
+class OutboundEventList(Page[OutboundEventOut]):
+    pass
 
 
 @router.get(
@@ -57,7 +44,7 @@ class OutboundEventList(BaseModel):
     response_model=OutboundEventList,
     summary="Outbound webhook events, newest first (by default those not delivered)",
     description="`undelivered` is pending, failed or gone.",
-    responses={**ADMIN_ERRORS, 404: {"description": "starting_after names no event"}},
+    responses=responses(ADMIN_REFUSED, {404: "starting_after names no event"}),
 )
 async def list_outbound(
     session: SessionDep,
@@ -82,18 +69,18 @@ async def list_outbound(
         limit=limit,
         starting_after=starting_after,
     )
-    return OutboundEventList(data=[OutboundEventOut.of(e) for e in rows], has_more=has_more)
+    return OutboundEventList(
+        data=[OutboundEventOut.model_validate(e) for e in rows], has_more=has_more
+    )
 
 
 @router.post(
     "/webhooks/outbound/{event_id}/retry",
     response_model=OutboundEventOut,
     summary="Send an undelivered event again now, under the same webhook-id",
-    responses={
-        **ADMIN_ERRORS,
-        404: {"description": "No such event"},
-        409: {"description": "Delivered already (already_delivered)"},
-    },
+    responses=responses(
+        ADMIN_REFUSED, {404: "No such event", 409: "Delivered already (already_delivered)"}
+    ),
 )
 async def retry_outbound(
     event_id: OutboundIdPath, session: SessionDep, runtime: RuntimeDep
@@ -101,4 +88,4 @@ async def retry_outbound(
     entry = await outbox.retry(session, event_id=event_id)
     await commit_before_announcing(session)
     runtime.outbound.wake()
-    return OutboundEventOut.of(entry)
+    return OutboundEventOut.model_validate(entry)

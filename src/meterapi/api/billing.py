@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +15,7 @@ from meterapi.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from meterapi.api.responses import KEY_INVALID, KEY_ROTATED, STRIPE_FAILED, responses
 from meterapi.billing import checkout
 from meterapi.billing.claim import claim_token
 from meterapi.db import release_before_waiting
@@ -54,18 +55,12 @@ class PortalOut(BaseModel):
     url: str = Field(description="A Stripe customer-portal session for your own customer.")
 
 
-_STRIPE_ERRORS: dict[int | str, dict[str, Any]] = {
-    502: {"description": "Stripe refused the request"},
-    503: {"description": "Stripe could not be reached, or no price is configured"},
-}
-
-
 @router.post(
     "/checkout",
     status_code=201,
     response_model=CheckoutOut,
     summary="Start a subscription: a Stripe Checkout Session for the metered price",
-    responses={429: {"description": "Too many from this address (rate_limited)"}, **_STRIPE_ERRORS},
+    responses=responses({429: "Too many from this address (rate_limited)"}, STRIPE_FAILED),
     dependencies=[PublicRateLimitDep],
 )
 async def create_checkout(
@@ -90,11 +85,7 @@ async def create_checkout(
     status_code=201,
     response_model=PortalOut,
     summary="Open the Stripe customer portal for the caller's own customer",
-    responses={
-        401: {"description": "Missing or invalid API key"},
-        403: {"description": "The key is in its rotation grace period (key_rotated)"},
-        **_STRIPE_ERRORS,
-    },
+    responses=responses(KEY_INVALID, KEY_ROTATED, STRIPE_FAILED),
 )
 async def create_portal(
     caller: CustomerDep, session: SessionDep, gateway: GatewayDep, settings: SettingsDep

@@ -13,6 +13,7 @@ from meterapi.api.deps import (
     SessionDep,
 )
 from meterapi.api.keys import KeyCreated
+from meterapi.api.responses import responses
 from meterapi.billing.claim import claim_first_key
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -40,13 +41,15 @@ class KeyClaim(BaseModel):
     status_code=201,
     response_model=KeyCreated,
     summary="Reveal the first API key of a completed Checkout Session (once only)",
-    responses={
-        402: {"description": "The Checkout Session is open or expired (checkout_incomplete)"},
-        404: {"description": "No such Checkout Session for this service, or a wrong claim token"},
-        409: {"description": "This session's key was already claimed (already_claimed)"},
-        429: {"description": "Too many claims from this address (rate_limited)"},
-        503: {"description": "Stripe could not be reached to check the session"},
-    },
+    responses=responses(
+        {
+            402: "The Checkout Session is open or expired (checkout_incomplete)",
+            404: "No such Checkout Session for this service, or a wrong claim token",
+            409: "This session's key was already claimed (already_claimed)",
+            429: "Too many claims from this address (rate_limited)",
+            503: "Stripe could not be reached to check the session",
+        }
+    ),
     dependencies=[PublicRateLimitDep],
 )
 async def claim_key(

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.api.deps import CustomerDep, CustomerReadDep, RuntimeDep, SessionDep
+from meterapi.api.responses import KEY_REFUSED, KEY_ROTATED, responses
 from meterapi.errors import NotFound
 from meterapi.metering import limits
 from meterapi.metering.limits import Limits, Money
@@ -24,15 +25,6 @@ from meterapi.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["limits"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Key sent in the query string, or two different keys sent"},
-    401: {"description": "Missing or invalid API key"},
-}
-_CHANGING: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
-    403: {"description": "The key is in its rotation grace period (key_rotated)"},
-    422: {"description": "The body is not a cap as described (validation_error)"},
-}
 PRICE_UNAVAILABLE = "The price's unit amount could not be read from Stripe; the spend is unknown."
 
 
@@ -137,7 +129,7 @@ async def _own_customer(session: AsyncSession, customer_id: int) -> Customer:
     "/limits",
     response_model=CustomerLimitsOut,
     summary="Your rate limit, monthly spend cap and spend so far this billing period",
-    responses=_ERRORS,
+    responses=responses(KEY_REFUSED),
 )
 async def get_limits(
     caller: CustomerReadDep, session: SessionDep, runtime: RuntimeDep
@@ -152,7 +144,11 @@ async def get_limits(
     "/limits",
     response_model=CustomerLimitsOut,
     summary="Set, change or clear your monthly spend cap (applies at once, on every replica)",
-    responses=_CHANGING,
+    responses=responses(
+        KEY_REFUSED,
+        KEY_ROTATED,
+        {422: "The body is not a cap as described (validation_error)"},
+    ),
 )
 async def put_limits(
     body: LimitsPut, caller: CustomerDep, session: SessionDep, runtime: RuntimeDep

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from meterapi.api.direct import DirectPaidRoute
 from meterapi.api.paid import PaidCaller, Usage
+from meterapi.api.responses import KEY_REFUSED, SUBSCRIPTION_INACTIVE, responses
 
 # DirectPaidRoute: called without FastAPI's dependency machinery, which the endpoint does not
 # need (api/direct.py); a plain APIRouter serves the same endpoint the ordinary way.
@@ -23,13 +24,14 @@ class DataOut(BaseModel):
     "/data",
     response_model=DataOut,
     summary="The example paid resource (costs 1 unit)",
-    responses={
-        400: {"description": "Key sent in the query string, or two different keys sent"},
-        401: {"description": "Missing or invalid API key"},
-        402: {"description": "The subscription does not allow access"},
-        429: {"description": "Over the key's rate limit (rate_limited); not billed"},
-        503: {"description": "The call could not be recorded, so it was not served"},
-    },
+    responses=responses(
+        KEY_REFUSED,
+        SUBSCRIPTION_INACTIVE,
+        {
+            429: "Over the key's rate limit (rate_limited); not billed",
+            503: "The call could not be recorded, so it was not served",
+        },
+    ),
 )
 async def get_data(caller: PaidCaller, usage: Usage) -> Response:
     usage.charge(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,21 +15,21 @@ from meterapi.api.deps import (
     KeyPolicyDep,
     SessionDep,
 )
+from meterapi.api.responses import (
+    KEY_REFUSED,
+    KEY_ROTATED,
+    SUBSCRIPTION_INACTIVE,
+    Descriptions,
+    responses,
+)
 from meterapi.db import commit_before_announcing
 from meterapi.keys import service
 from meterapi.models import ApiKey
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Key sent in the query string, or two different keys sent"},
-    401: {"description": "Missing or invalid API key"},
-    402: {"description": "The subscription does not allow access"},
-}
-_MANAGING: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
-    403: {"description": "The key is in its rotation grace period (key_rotated)"},
-}
+_READING: Descriptions = {**KEY_REFUSED, **SUBSCRIPTION_INACTIVE}
+_MANAGING: Descriptions = {**_READING, **KEY_ROTATED}
 
 
 class KeyPublic(BaseModel):
@@ -109,7 +109,7 @@ class KeyRotate(BaseModel):
     "",
     summary="List your keys, revoked and expired ones included",
     response_model=KeyList,
-    responses=_ERRORS,
+    responses=responses(_READING),
 )
 async def list_keys(caller: CustomerReadDep, session: SessionDep) -> KeyList:
     keys = await service.list_keys(session, customer_id=caller.customer_id)
@@ -121,7 +121,7 @@ async def list_keys(caller: CustomerReadDep, session: SessionDep) -> KeyList:
     status_code=201,
     response_model=KeyCreated,
     summary="Create another key; its plaintext is in this response only",
-    responses={**_MANAGING, 422: {"description": "Malformed body, or expires_at in the past"}},
+    responses=responses(_MANAGING, {422: "Malformed body, or expires_at in the past"}),
 )
 async def create_key(
     caller: CustomerDep,
@@ -146,7 +146,7 @@ async def create_key(
     status_code=201,
     response_model=KeyCreated,
     summary="Replace a key; the old one keeps working for grace_seconds (default 3600)",
-    responses={**_MANAGING, 404: {"description": "No active key of yours with this id"}},
+    responses=responses(_MANAGING, {404: "No active key of yours with this id"}),
 )
 async def rotate_key(
     key_id: KeyIdPath,
@@ -175,11 +175,13 @@ async def rotate_key(
     "/{key_id}",
     status_code=204,
     summary="Revoke a key now, in every worker and replica",
-    responses={
-        **_MANAGING,
-        404: {"description": "No key of yours with this id"},
-        409: {"description": "Your only active key: rotate it instead (grace_seconds: 0)"},
-    },
+    responses=responses(
+        _MANAGING,
+        {
+            404: "No key of yours with this id",
+            409: "Your only active key: rotate it instead (grace_seconds: 0)",
+        },
+    ),
 )
 async def revoke_key(
     key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, keys: KeyGuardDep

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.api.deps import CustomerReadDep, RuntimeDep, SessionDep
+from meterapi.api.responses import KEY_INVALID, responses
 from meterapi.db import release_before_waiting
 from meterapi.errors import NotFound
 from meterapi.metering.usage import usage_totals
@@ -51,7 +52,7 @@ class UsageOut(BaseModel):
     "/usage",
     response_model=UsageOut,
     summary="Your usage this billing period (from the ledger) and your upcoming invoice",
-    responses={401: {"description": "Missing or invalid API key"}},
+    responses=responses(KEY_INVALID),
 )
 async def get_usage(caller: CustomerReadDep, session: SessionDep, runtime: RuntimeDep) -> UsageOut:
     customer = await session.get(Customer, caller.customer_id)
