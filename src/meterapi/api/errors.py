@@ -13,8 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from meterapi.api.middleware import HttpMiddleware
 from meterapi.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "Something went wrong on our side.")
 
 
-class UnhandledErrors:
+class UnhandledErrors(HttpMiddleware):
     """Answers 500 for an exception no handler took, and keeps it from the server's log.
 
     Starlette re-raises such an exception after its 500 so that the server logs its traceback,
@@ -124,13 +125,7 @@ class UnhandledErrors:
     logs what ``_unexpected_error`` logs and lets nothing through.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterapi.api.errors import domain_error_response
+from meterapi.api.middleware import HttpMiddleware
 from meterapi.errors import PayloadTooLarge
 
 # How much of a refused body is read (and discarded) so the client sees the 413: a multiple
@@ -32,17 +33,14 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=PayloadTooLarge.status_code, detail=PayloadTooLarge.message)
 
 
-class BodySizeLimit:
+class BodySizeLimit(HttpMiddleware):
     """Answers 413 from Content-Length, or stops a streamed body once it passes the limit."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         expects_continue = False
         for name, value in scope["headers"]:
             if name == b"expect" and value.lower() == b"100-continue":

@@ -9,6 +9,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterapi.api import access_log
+from meterapi.api.middleware import HttpMiddleware
 from meterapi.metrics import Histogram
 
 # POST /v1/keys, /v1/keys/claim and /v1/keys/{id}/rotate answer with a key's plaintext: no
@@ -18,15 +19,12 @@ KEY_REVEALING_PREFIX = "/v1/keys"
 NO_STORE = (b"cache-control", b"no-store")
 
 
-class RequestTiming:
+class RequestTiming(HttpMiddleware):
     def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
-        self.app = app
+        super().__init__(app)
         self.histogram = histogram
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = [0]
         no_store = scope["method"] == "POST" and scope["path"].startswith(KEY_REVEALING_PREFIX)
