@@ -8,8 +8,8 @@ replaces it for every route at once.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Iterable
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.dependencies.models import Dependant
@@ -33,6 +33,8 @@ from meterapi.keys.guard import KeyGuard, Principal
 from meterapi.keys.policy import KeyPolicy
 from meterapi.runtime import Runtime
 
+T = TypeVar("T")
+
 
 # Async on purpose: FastAPI runs plain-function dependencies on a thread pool.
 async def get_runtime(request: Request) -> Runtime:
@@ -43,18 +45,26 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
+def _runtime_part(read: Callable[[Runtime], T]) -> Callable[[Runtime], Awaitable[T]]:
+    """A provider of one part of the runtime: its own function, so that
+    ``app.dependency_overrides[provider]`` replaces that part alone."""
+
+    async def provide(runtime: RuntimeDep) -> T:
+        return read(runtime)
+
+    return provide
 
 
+get_settings = _runtime_part(lambda runtime: runtime.settings)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-async def get_gateway(runtime: RuntimeDep) -> StripeGateway:
-    return runtime.gateway
-
-
+get_gateway = _runtime_part(lambda runtime: runtime.gateway)
 GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
+# The pepper keys are hashed under and whether new keys are live: for minting keys.
+get_key_policy = _runtime_part(lambda runtime: runtime.key_policy)
+KeyPolicyDep = Annotated[KeyPolicy, Depends(get_key_policy)]
+# This process's key machinery: for waiting until a revocation reached every process.
+get_key_guard = _runtime_part(lambda runtime: runtime.keys)
+KeyGuardDep = Annotated[KeyGuard, Depends(get_key_guard)]
 
 
 async def get_price_id(settings: SettingsDep) -> str | None:
@@ -63,22 +73,6 @@ async def get_price_id(settings: SettingsDep) -> str | None:
 
 
 PriceIdDep = Annotated[str | None, Depends(get_price_id)]
-
-
-async def get_key_policy(runtime: RuntimeDep) -> KeyPolicy:
-    """The pepper keys are hashed under and whether new keys are live: for minting keys."""
-    return runtime.key_policy
-
-
-KeyPolicyDep = Annotated[KeyPolicy, Depends(get_key_policy)]
-
-
-async def get_key_guard(runtime: RuntimeDep) -> KeyGuard:
-    """This process's key machinery: for waiting until a revocation reached every process."""
-    return runtime.keys
-
-
-KeyGuardDep = Annotated[KeyGuard, Depends(get_key_guard)]
 
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
