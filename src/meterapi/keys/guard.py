@@ -7,13 +7,13 @@ long-lived machinery around it: the cache's invalidation and the ``last_used_at`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from meterapi.background import SingleFlight
 from meterapi.config import Settings
 from meterapi.db import Sessionmaker
 from meterapi.errors import InvalidApiKey, SubscriptionInactive
@@ -62,8 +62,8 @@ class KeyGuard:
         self.invalidator = invalidator
         self.last_used = last_used
         # Cache fills in progress, by digest: concurrent misses on one key share one read.
-        self._fills: dict[str, asyncio.Task[None]] = {}
-        self._check_in_task: asyncio.Task[bool] | None = None
+        self._fills: SingleFlight[str, None] = SingleFlight()
+        self._check_ins: SingleFlight[None, bool] = SingleFlight()
 
     def __repr__(self) -> str:  # never the pepper
         return f"KeyGuard(live={self.policy.live}, cache={self.cache!r})"
@@ -164,17 +164,8 @@ class KeyGuard:
         """The cache's trust ran out (the poller is late: a starved event loop, a slow
         database): check in now, once for all concurrent callers. Failing, callers read the
         database themselves."""
-        if self._check_in_task is None:
-
-            def done(task: asyncio.Task[bool]) -> None:
-                self._check_in_task = None
-                if not task.cancelled():
-                    task.exception()  # retrieved: a failure only means reading the database
-
-            self._check_in_task = asyncio.create_task(self.invalidator.check_in())
-            self._check_in_task.add_done_callback(done)
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._check_in_task)
+        with contextlib.suppress(Exception):  # a failure only means reading the database
+            await self._check_ins.run(None, self.invalidator.check_in)
 
     async def _fill(self, digest: str, now: datetime) -> None:
         """Bring the key into the cache (or into its misses), once for all concurrent callers.
@@ -183,24 +174,13 @@ class KeyGuard:
         every request in flight to the database at once. An unknown key fills the miss cache,
         and its callers are then refused from there.
         """
-        fill = self._fills.get(digest)
-        if fill is None:
 
-            async def read() -> None:
-                # An unknown key is now a known miss (unless invalidated meanwhile).
-                with contextlib.suppress(InvalidApiKey):
-                    await self._load(digest, now)
+        async def read() -> None:
+            # An unknown key is now a known miss (unless invalidated meanwhile).
+            with contextlib.suppress(InvalidApiKey):
+                await self._load(digest, now)
 
-            def done(task: asyncio.Task[None]) -> None:
-                self._fills.pop(digest, None)
-                if not task.cancelled():
-                    task.exception()  # retrieved here too, in case every caller gave up
-
-            fill = asyncio.create_task(read())
-            self._fills[digest] = fill
-            fill.add_done_callback(done)
-        # Shielded: one caller giving up must not cancel the read the others wait for.
-        await asyncio.shield(fill)
+        await self._fills.run(digest, read)
 
     async def _load(self, digest: str, now: datetime) -> tuple[KeyEntry, CustomerEntry]:
         """Read the key (or only its customer, if the key is cached) in a short session of our

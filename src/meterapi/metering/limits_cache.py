@@ -27,7 +27,6 @@ monthly spend cap, else none.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 
+from meterapi.background import SingleFlight
 from meterapi.db import Sessionmaker
 from meterapi.models import CustomerLimit
 
@@ -70,7 +70,7 @@ class LimitsCache:
         self.clock = clock
         self.generation = 0
         self._entries: OrderedDict[int, tuple[CustomerLimits, float]] = OrderedDict()
-        self._fills: dict[int, asyncio.Task[CustomerLimits]] = {}
+        self._fills: SingleFlight[int, CustomerLimits] = SingleFlight()
         self._rates: dict[str, RateLimitItem] = {}
         self.reads = 0  # database reads made (tests and diagnostics)
 
@@ -84,7 +84,7 @@ class LimitsCache:
             limits, valid_until = found
             if self.clock() < valid_until and self.trusted():
                 return limits
-        return await self._fill(customer_pk)
+        return await self._fills.run(customer_pk, lambda: self._read(customer_pk))
 
     # -- invalidation (called by the key cache this one follows) -----------------------------
 
@@ -97,22 +97,7 @@ class LimitsCache:
         self.generation += 1
         self._entries.clear()
 
-    # -- fills -----------------------------------------------------------------------------
-
-    async def _fill(self, customer_pk: int) -> CustomerLimits:
-        fill = self._fills.get(customer_pk)
-        if fill is None:
-
-            def done(task: asyncio.Task[CustomerLimits]) -> None:
-                self._fills.pop(customer_pk, None)
-                if not task.cancelled():
-                    task.exception()  # retrieved here too, in case every caller gave up
-
-            fill = asyncio.create_task(self._read(customer_pk))
-            self._fills[customer_pk] = fill
-            fill.add_done_callback(done)
-        # Shielded: one caller giving up must not cancel the read the others wait for.
-        return await asyncio.shield(fill)
+    # -- fills (one read for every caller waiting on the customer) ----------------------------
 
     async def _read(self, customer_pk: int) -> CustomerLimits:
         generation = self.generation
