@@ -28,7 +28,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -60,25 +60,20 @@ class Follower(Protocol):
     def clear(self) -> None: ...
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class KeyCache:
-    def __init__(
-        self,
-        *,
-        max_entries: int = 100_000,
-        ttl_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_entries = max_entries
-        self.ttl_s = ttl_s
-        self.clock = clock
-        self.generation = 0
-        self.revision: int | None = None  # the cache_revision this cache is known to reflect
-        self.trusted_until = math.inf
-        self._keys: OrderedDict[str, KeyEntry] = OrderedDict()
-        self._key_digests: dict[str, str] = {}
-        self._misses: OrderedDict[str, float] = OrderedDict()
-        self._customers: OrderedDict[int, CustomerEntry] = OrderedDict()
-        self._followers: list[Follower] = []
+    max_entries: int = 100_000
+    ttl_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    generation: int = field(default=0, init=False)
+    # The cache_revision this cache is known to reflect.
+    revision: int | None = field(default=None, init=False)
+    trusted_until: float = field(default=math.inf, init=False)
+    _keys: OrderedDict[str, KeyEntry] = field(default_factory=OrderedDict, init=False)
+    _key_digests: dict[str, str] = field(default_factory=dict, init=False)
+    _misses: OrderedDict[str, float] = field(default_factory=OrderedDict, init=False)
+    _customers: OrderedDict[int, CustomerEntry] = field(default_factory=OrderedDict, init=False)
+    _followers: list[Follower] = field(default_factory=list, init=False)
 
     def __repr__(self) -> str:
         return (

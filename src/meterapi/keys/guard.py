@@ -8,7 +8,7 @@ long-lived machinery around it: the cache's invalidation and the ``last_used_at`
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,28 +42,18 @@ class Principal:
     rotated: bool = False
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class KeyGuard:
-    def __init__(
-        self,
-        *,
-        policy: KeyPolicy,
-        past_due_grace_s: int,
-        cache: KeyCache,
-        invalidator: Invalidator,
-        last_used: LastUsedTracker,
-        sessionmaker: Sessionmaker,
-        engine: AsyncEngine,
-    ) -> None:
-        self.policy = policy
-        self.sessionmaker = sessionmaker
-        self.engine = engine
-        self.past_due_grace_s = past_due_grace_s
-        self.cache = cache
-        self.invalidator = invalidator
-        self.last_used = last_used
-        # Cache fills in progress, by digest: concurrent misses on one key share one read.
-        self._fills: SingleFlight[str, None] = SingleFlight()
-        self._check_ins: SingleFlight[None, bool] = SingleFlight()
+    policy: KeyPolicy
+    past_due_grace_s: int
+    cache: KeyCache
+    invalidator: Invalidator
+    last_used: LastUsedTracker
+    sessionmaker: Sessionmaker
+    engine: AsyncEngine
+    # Cache fills in progress, by digest: concurrent misses on one key share one read.
+    _fills: SingleFlight[str, None] = field(default_factory=SingleFlight, init=False)
+    _check_ins: SingleFlight[None, bool] = field(default_factory=SingleFlight, init=False)
 
     def __repr__(self) -> str:  # never the pepper
         return f"KeyGuard(live={self.policy.live}, cache={self.cache!r})"

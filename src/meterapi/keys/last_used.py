@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 
 from sqlalchemy import bindparam, or_, update
@@ -35,25 +36,18 @@ _WRITE = (
 )
 
 
+@dataclass(eq=False, repr=False)
 class LastUsedTracker:
-    def __init__(
-        self,
-        sessionmaker: Sessionmaker,
-        *,
-        debounce_s: float = 60.0,
-        interval_s: float = 3.0,
-        max_tracked: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.debounce_s = debounce_s
-        self.interval_s = interval_s
-        self.max_tracked = max_tracked
-        self.clock = clock
-        self._noted: dict[str, float] = {}
-        self._pending: dict[str, datetime] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+    sessionmaker: Sessionmaker
+    _: KW_ONLY
+    debounce_s: float = 60.0
+    interval_s: float = 3.0
+    max_tracked: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    _noted: dict[str, float] = field(default_factory=dict, init=False)
+    _pending: dict[str, datetime] = field(default_factory=dict, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __repr__(self) -> str:
         return f"LastUsedTracker(pending={len(self._pending)})"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from limits import RateLimitItem, parse
 
@@ -51,28 +51,22 @@ def _always() -> bool:
     return True
 
 
+@dataclass(eq=False, repr=False)
 class LimitsCache:
-    def __init__(
-        self,
-        sessionmaker: Sessionmaker,
-        *,
-        default_rate: str | None,
-        ttl_s: float = 60.0,
-        max_entries: int = 100_000,
-        trusted: Callable[[], bool] = _always,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._sessionmaker = sessionmaker
-        self.default_rate = default_rate
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.trusted = trusted
-        self.clock = clock
-        self.generation = 0
-        self._entries: OrderedDict[int, tuple[CustomerLimits, float]] = OrderedDict()
-        self._fills: SingleFlight[int, CustomerLimits] = SingleFlight()
-        self._rates: dict[str, RateLimitItem] = {}
-        self.reads = 0  # database reads made (tests and diagnostics)
+    sessionmaker: Sessionmaker
+    _: KW_ONLY
+    default_rate: str | None
+    ttl_s: float = 60.0
+    max_entries: int = 100_000
+    trusted: Callable[[], bool] = _always
+    clock: Callable[[], float] = time.monotonic
+    generation: int = field(default=0, init=False)
+    reads: int = field(default=0, init=False)  # database reads made (tests and diagnostics)
+    _entries: OrderedDict[int, tuple[CustomerLimits, float]] = field(
+        default_factory=OrderedDict, init=False
+    )
+    _fills: SingleFlight[int, CustomerLimits] = field(default_factory=SingleFlight, init=False)
+    _rates: dict[str, RateLimitItem] = field(default_factory=dict, init=False)
 
     def __repr__(self) -> str:
         return f"LimitsCache(entries={len(self._entries)}, generation={self.generation})"
@@ -103,7 +97,7 @@ class LimitsCache:
         generation = self.generation
         started = self.clock()
         self.reads += 1
-        async with self._sessionmaker() as session:
+        async with self.sessionmaker() as session:
             row = await session.get(CustomerLimit, customer_pk)
         rate = row.rate_limit if row is not None and row.rate_limit_set else self.default_rate
         limits = CustomerLimits(
