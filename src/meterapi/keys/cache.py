@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,42 +88,34 @@ class KeyCache:
 
     def key(self, digest: str) -> KeyEntry | None:
         entry = self._keys.get(digest)
-        if entry is None:
+        if entry is None or not self._usable(self._keys, digest, entry.valid_until):
             return None
-        now = self.clock()
-        if entry.valid_until <= now:
-            self._drop_key(digest)
-            return None
-        if now >= self.trusted_until:
-            return None
-        self._keys.move_to_end(digest)
         return entry
 
     def is_known_miss(self, digest: str) -> bool:
         until = self._misses.get(digest)
-        if until is None:
-            return False
-        now = self.clock()
-        if until <= now:
-            del self._misses[digest]
-            return False
-        if now >= self.trusted_until:
-            return False
-        self._misses.move_to_end(digest)
-        return True
+        return until is not None and self._usable(self._misses, digest, until)
 
     def customer(self, customer_id: int) -> CustomerEntry | None:
         entry = self._customers.get(customer_id)
-        if entry is None:
+        if entry is None or not self._usable(self._customers, customer_id, entry.valid_until):
             return None
-        now = self.clock()
-        if entry.valid_until <= now:
-            del self._customers[customer_id]
-            return None
-        if now >= self.trusted_until:
-            return None
-        self._customers.move_to_end(customer_id)
         return entry
+
+    def _usable(self, entries: OrderedDict[Any, Any], found: Any, valid_until: float) -> bool:
+        """Whether the entry ``found`` in ``entries`` may answer: not if it expired (it is
+        dropped) or the cache is not trusted now; one that may is now the most recently used."""
+        now = self.clock()
+        if valid_until <= now:
+            if entries is self._keys:
+                self._drop_key(found)  # and its key id from the index invalidation reads
+            else:
+                del entries[found]
+            return False
+        if now >= self.trusted_until:
+            return False
+        entries.move_to_end(found)
+        return True
 
     # -- fills (dropped when an invalidation happened since ``generation`` was read) ---------
 
@@ -144,20 +136,19 @@ class KeyCache:
             self._drop_key(next(iter(self._keys)))
 
     def put_miss(self, digest: str, *, generation: int) -> None:
-        if generation != self.generation:
-            return
-        self._misses[digest] = self.clock() + self.ttl_s
-        self._misses.move_to_end(digest)
-        while len(self._misses) > self.max_entries:
-            self._misses.popitem(last=False)
+        if generation == self.generation:
+            self._put_newest(self._misses, digest, self.clock() + self.ttl_s)
 
     def put_customer(self, entry: CustomerEntry, *, generation: int) -> None:
-        if generation != self.generation:
-            return
-        self._customers[entry.customer_id] = entry
-        self._customers.move_to_end(entry.customer_id)
-        while len(self._customers) > self.max_entries:
-            self._customers.popitem(last=False)
+        if generation == self.generation:
+            self._put_newest(self._customers, entry.customer_id, entry)
+
+    def _put_newest(self, entries: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        """Store as the most recently used, evicting the least recently used past the bound."""
+        entries[key] = value
+        entries.move_to_end(key)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
     # -- invalidation ----------------------------------------------------------------------
 
