@@ -187,11 +187,7 @@ async def replay_one(
     ``NotFound`` if it was never stored, ``EventAlreadyProcessed`` if it was handled already.
     The row is locked while handled, so a concurrent delivery of the same event waits.
     """
-    row = (
-        await session.exec(
-            select(StripeEvent).where(col(StripeEvent.id) == event_id).with_for_update()
-        )
-    ).first()
+    row = await session.get(StripeEvent, event_id, with_for_update=True)
     if row is None:
         raise NotFound("No such Stripe event.")
     if row.processed_at is not None:

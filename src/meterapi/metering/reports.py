@@ -32,11 +32,7 @@ async def retry_parked(session: AsyncSession, *, report_id: int) -> UsageReport:
     count starts again, so the reporter sends it rather than parking it again for its age: the
     operator decided, having checked the reconciliation, that Stripe does not hold it.
     """
-    report = (
-        await session.exec(
-            select(UsageReport).where(col(UsageReport.id) == report_id).with_for_update()
-        )
-    ).first()
+    report = await session.get(UsageReport, report_id, with_for_update=True)
     if report is None:
         raise NotFound("No such usage report.")
     if report.status != ReportStatus.PARKED:
