@@ -124,25 +124,23 @@ class Settings(BaseSettings):
             raise ValueError("must start with sk_test_, sk_live_, rk_test_ or rk_live_")
         return value
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "redis_url", "rate_limit", "webhook_url", mode="before")
     @classmethod
-    def _empty_token_is_unset(cls, value: object) -> object:
+    def _blank_is_unset(cls, value: object) -> object:
+        # An empty (or blank) line in .env means unset.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url")
     @classmethod
-    def _a_redis_url(cls, value: object) -> object:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-        if not text.startswith(("redis://", "rediss://")):
+    def _a_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
         return value
 
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit_format(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
         parse_rate_limit(value)
         return value.strip()
@@ -162,8 +160,6 @@ class Settings(BaseSettings):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            return None  # an empty line in .env means unset
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
