@@ -79,11 +79,19 @@ function button(label, onClick, extra = "") {
   return b;
 }
 
-function emptyRow(body, columns, text) {
+// One row in the table body `body` per item, its cells added by `addCells(row, item)`, after
+// the rows already there when `append`; a table left empty says `emptyText` across its columns.
+function fillRows(body, items, addCells, emptyText, append = false) {
+  if (!append) body.replaceChildren();
+  for (const item of items) {
+    const row = document.createElement("tr");
+    addCells(row, item);
+    body.append(row);
+  }
+  if (body.children.length) return;
   const row = document.createElement("tr");
   row.className = "empty-row";
-  const td = cell(row, text);
-  td.colSpan = columns;
+  cell(row, emptyText).colSpan = body.closest("table").tHead.rows[0].cells.length;
   body.append(row);
 }
 
@@ -110,10 +118,7 @@ async function loadCustomers(append = false) {
   const params = new URLSearchParams({ limit: "20" });
   if (append && lastCustomer) params.set("starting_after", lastCustomer);
   const page = await api("GET", `/admin/v1/customers?${params}`);
-  const body = $("customers-body");
-  if (!append) body.replaceChildren();
-  for (const c of page.data) {
-    const row = document.createElement("tr");
+  fillRows($("customers-body"), page.data, (row, c) => {
     row.dataset.customer = c.customer_id;
     cell(row, c.customer_id, "mono");
     cell(row, c.email);
@@ -122,9 +127,7 @@ async function loadCustomers(append = false) {
     cell(row, c.units_this_period);
     cell(row, c.active_keys);
     cell(row, "", "actions").append(button("Open", () => showCustomer(c.customer_id)));
-    body.append(row);
-  }
-  if (!body.children.length) emptyRow(body, 7, "No customers yet.");
+  }, "No customers yet.", append);
   lastCustomer = page.data.length ? page.data[page.data.length - 1].customer_id : lastCustomer;
   $("more-customers").hidden = !page.has_more;
 }
@@ -142,10 +145,7 @@ async function showCustomer(customerId) {
   $("customer-spent").textContent = money(c.limits.spent_this_period);
   $("customer-period").textContent =
     `Billing period ${when(c.usage.period.start)} to ${when(c.usage.period.end)}`;
-  const keys = $("customer-keys");
-  keys.replaceChildren();
-  for (const k of c.keys) {
-    const row = document.createElement("tr");
+  fillRows($("customer-keys"), c.keys, (row, k) => {
     cell(row, k.name);
     cell(row, `${k.prefix}…${k.last4}`, "mono");
     cell(row, when(k.created_at));
@@ -156,9 +156,7 @@ async function showCustomer(customerId) {
     if (!k.revoked_at) {
       actions.append(button("Revoke", () => revokeKey(c.customer_id, k.id), "secondary"));
     }
-    keys.append(row);
-  }
-  if (!c.keys.length) emptyRow(keys, 6, "No keys.");
+  }, "No keys.");
   const limits = c.limits;
   $("limit-rate").value = limits.rate_limit_overridden ? (limits.rate_limit || "none") : "";
   $("limit-rate-default").textContent = limits.rate_limit_overridden
@@ -203,10 +201,7 @@ async function saveLimits(event) {
 
 async function loadReports() {
   const page = await api("GET", "/admin/v1/reports?status=parked&limit=100");
-  const body = $("reports-body");
-  body.replaceChildren();
-  for (const r of page.data) {
-    const row = document.createElement("tr");
+  fillRows($("reports-body"), page.data, (row, r) => {
     cell(row, r.id);
     cell(row, r.customer_id, "mono");
     cell(row, r.units);
@@ -217,17 +212,12 @@ async function loadReports() {
       notify(`Report ${r.id} is pending again under ${r.identifier}.`, "success");
       await loadReports();
     }));
-    body.append(row);
-  }
-  if (!page.data.length) emptyRow(body, 6, "No parked reports.");
+  }, "No parked reports.");
 }
 
 async function loadEvents() {
   const page = await api("GET", "/admin/v1/stripe-events?status=failed&limit=100");
-  const body = $("events-body");
-  body.replaceChildren();
-  for (const e of page.data) {
-    const row = document.createElement("tr");
+  fillRows($("events-body"), page.data, (row, e) => {
     cell(row, e.id, "mono");
     cell(row, e.type);
     cell(row, e.attempts);
@@ -238,17 +228,12 @@ async function loadEvents() {
         result.outcome === "failed" ? "error" : "success");
       await Promise.all([loadEvents(), loadCustomers()]);
     }));
-    body.append(row);
-  }
-  if (!page.data.length) emptyRow(body, 5, "No failed events.");
+  }, "No failed events.");
 }
 
 async function loadOutbound() {
   const page = await api("GET", "/admin/v1/webhooks/outbound?status=undelivered&limit=100");
-  const body = $("outbound-body");
-  body.replaceChildren();
-  for (const e of page.data) {
-    const row = document.createElement("tr");
+  fillRows($("outbound-body"), page.data, (row, e) => {
     cell(row, e.id, "mono");
     cell(row, e.type);
     cell(row, e.customer_id, "mono");
@@ -261,20 +246,15 @@ async function loadOutbound() {
       notify(`Event ${e.id} is pending again under the same webhook-id.`, "success");
       await loadOutbound();
     }));
-    body.append(row);
-  }
-  if (!page.data.length) emptyRow(body, 8, "No undelivered events.");
+  }, "No undelivered events.");
   $("outbound-more").hidden = !page.has_more;
 }
 
 async function runReconcile() {
   $("reconcile-summary").textContent = "Reading Stripe's meter event summaries…";
   const result = await api("GET", "/admin/v1/reconciliation");
-  const body = $("reconcile-body");
-  body.replaceChildren();
   let drifting = 0;
-  for (const r of result.data) {
-    const row = document.createElement("tr");
+  fillRows($("reconcile-body"), result.data, (row, r) => {
     if (r.drift !== 0) {
       row.className = "drift";
       drifting += 1;
@@ -284,9 +264,7 @@ async function runReconcile() {
     cell(row, r.pending_units);
     cell(row, r.stripe_units);
     cell(row, r.drift > 0 ? `+${r.drift}` : r.drift);
-    body.append(row);
-  }
-  if (!result.data.length) emptyRow(body, 5, "No customers.");
+  }, "No customers.");
   $("reconcile-summary").textContent =
     `${result.data.length} customer(s) reconciled; ${drifting} drifting.`;
 }
