@@ -202,6 +202,8 @@ def test_the_operator_page(
         expect(page.locator("#notice")).to_contain_text("pending again")
         expect(page.locator("#reports-body tr")).to_have_count(max(left, 1))
     expect(page.locator("#reports-body")).to_contain_text("No parked reports.")
+    # The empty table's one row spans all its columns.
+    expect(page.locator("#reports-body td")).to_have_attribute("colspan", "6")
 
     # The failed event: Replay handles it; the customer appears.
     failed = page.locator("#events-body tr")
