@@ -23,7 +23,19 @@ from meterapi.metering.accounts import Account
 from meterapi.models import Customer, utcnow
 from meterapi.runtime import Runtime
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
+
+def operator_router() -> APIRouter:
+    """A router of the operator API: under ``/admin/v1``, every route behind the operator token
+    and documented as refusing a wrong one."""
+    return APIRouter(
+        prefix="/admin/v1",
+        tags=["admin"],
+        dependencies=ADMIN_DEPENDENCIES,
+        responses=responses(ADMIN_REFUSED),
+    )
+
+
+router = operator_router()
 
 _NO_CUSTOMER: Descriptions = {404: "No such customer"}
 
@@ -109,7 +121,7 @@ async def limits_of(
     "/customers",
     response_model=CustomerList,
     summary="Customers in the order they joined: status, access, usage this period, keys",
-    responses=responses(ADMIN_REFUSED, {404: "starting_after names no customer"}),
+    responses=responses({404: "starting_after names no customer"}),
 )
 async def list_customers(
     session: SessionDep,
@@ -133,7 +145,7 @@ async def list_customers(
     "/customers/{customer_id}",
     response_model=CustomerDetail,
     summary="One customer with their keys, usage (as GET /v1/usage) and limits",
-    responses=responses(ADMIN_REFUSED, _NO_CUSTOMER),
+    responses=responses(_NO_CUSTOMER),
 )
 async def get_customer(
     customer_id: CustomerPath, session: SessionDep, runtime: RuntimeDep
@@ -162,7 +174,7 @@ async def get_customer(
     "/customers/{customer_id}/limits",
     response_model=OperatorLimitsOut,
     summary="Override a customer's rate limit and set or clear their monthly spend cap",
-    responses=responses(ADMIN_REFUSED, _NO_CUSTOMER),
+    responses=responses(_NO_CUSTOMER),
 )
 async def put_limits(
     customer_id: CustomerPath, body: LimitsUpdate, session: SessionDep, runtime: RuntimeDep
@@ -188,11 +200,10 @@ async def put_limits(
     status_code=204,
     summary="Revoke a customer's key now, in every worker and replica",
     responses=responses(
-        ADMIN_REFUSED,
         {
             404: "No such customer, or no such key of theirs",
             409: "The customer's only active key (send force=true to revoke it)",
-        },
+        }
     ),
 )
 async def revoke_key(

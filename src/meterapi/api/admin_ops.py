@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict
 
-from meterapi.api.admin import Limit
-from meterapi.api.deps import ADMIN_DEPENDENCIES, GatewayDep, PriceIdDep, RuntimeDep, SessionDep
-from meterapi.api.responses import ADMIN_REFUSED, Page, responses
+from meterapi.api.admin import Limit, operator_router
+from meterapi.api.deps import GatewayDep, PriceIdDep, RuntimeDep, SessionDep
+from meterapi.api.responses import Page, responses
 from meterapi.billing import webhooks
 from meterapi.db import commit_before_announcing
 from meterapi.errors import ValidationFailed
@@ -18,7 +18,7 @@ from meterapi.metering import reports
 from meterapi.metering.reconcile import Reconciler
 from meterapi.models import ReportStatus, StripeEvent, UsageReport
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
+router = operator_router()
 
 ReportIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="The report's id.")]
 EventIdPath = Annotated[
@@ -109,7 +109,6 @@ class DriftList(BaseModel):
     "/reports",
     response_model=ReportList,
     summary="Usage reports (meter events) by status, oldest first",
-    responses=responses(ADMIN_REFUSED),
 )
 async def list_reports(
     session: SessionDep,
@@ -130,8 +129,7 @@ async def list_reports(
     response_model=ReportOut,
     summary="Send a parked report again, under the same identifier",
     responses=responses(
-        ADMIN_REFUSED,
-        {404: "No such report", 409: "The report is not parked (report_not_parked)"},
+        {404: "No such report", 409: "The report is not parked (report_not_parked)"}
     ),
 )
 async def retry_report(
@@ -148,7 +146,6 @@ async def retry_report(
     "/stripe-events",
     response_model=StripeEventList,
     summary="Stored Stripe events whose handling failed",
-    responses=responses(ADMIN_REFUSED),
 )
 async def list_stripe_events(
     session: SessionDep,
@@ -168,8 +165,7 @@ async def list_stripe_events(
     response_model=ReplayOut,
     summary="Handle a stored, failed Stripe event again, as its delivery would",
     responses=responses(
-        ADMIN_REFUSED,
-        {404: "No such stored event", 409: "Processed already (event_already_processed)"},
+        {404: "No such stored event", 409: "Processed already (event_already_processed)"}
     ),
 )
 async def replay_stripe_event(
@@ -201,7 +197,7 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
     summary="Per customer: the ledger's units against Stripe's meter event summaries",
     description="drift = stripe_units - (ledger_units - pending_units). Without start and end,"
     " each customer's current billing period. Times without a zone are UTC.",
-    responses=responses(ADMIN_REFUSED, {503: "Stripe could not be read"}),
+    responses=responses({503: "Stripe could not be read"}),
 )
 async def reconciliation(
     runtime: RuntimeDep,

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict
 
-from meterapi.api.admin import Limit, StripeId
-from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
-from meterapi.api.responses import ADMIN_REFUSED, Page, responses
+from meterapi.api.admin import Limit, StripeId, operator_router
+from meterapi.api.deps import RuntimeDep, SessionDep
+from meterapi.api.responses import Page, responses
 from meterapi.db import commit_before_announcing
 from meterapi.outbound import outbox
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=ADMIN_DEPENDENCIES)
+router = operator_router()
 
 _EVENT_ID = r"^[A-Za-z0-9_]+$"
 OutboundIdPath = Annotated[
@@ -44,7 +44,7 @@ class OutboundEventList(Page[OutboundEventOut]):
     response_model=OutboundEventList,
     summary="Outbound webhook events, newest first (by default those not delivered)",
     description="`undelivered` is pending, failed or gone.",
-    responses=responses(ADMIN_REFUSED, {404: "starting_after names no event"}),
+    responses=responses({404: "starting_after names no event"}),
 )
 async def list_outbound(
     session: SessionDep,
@@ -78,9 +78,7 @@ async def list_outbound(
     "/webhooks/outbound/{event_id}/retry",
     response_model=OutboundEventOut,
     summary="Send an undelivered event again now, under the same webhook-id",
-    responses=responses(
-        ADMIN_REFUSED, {404: "No such event", 409: "Delivered already (already_delivered)"}
-    ),
+    responses=responses({404: "No such event", 409: "Delivered already (already_delivered)"}),
 )
 async def retry_outbound(
     event_id: OutboundIdPath, session: SessionDep, runtime: RuntimeDep
