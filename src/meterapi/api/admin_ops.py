@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from meterapi.api.admin import Limit, operator_router
 from meterapi.api.deps import GatewayDep, PriceIdDep, RuntimeDep, SessionDep
@@ -16,7 +16,7 @@ from meterapi.db import commit_before_announcing
 from meterapi.errors import ValidationFailed
 from meterapi.metering import reports
 from meterapi.metering.reconcile import Reconciler
-from meterapi.models import ReportStatus, StripeEvent, UsageReport
+from meterapi.models import ReportStatus, StripeEvent
 
 router = operator_router()
 
@@ -32,26 +32,17 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class ReportOut(BaseModel):
+    # Read from a UsageReport, two of whose columns go by other names here; by name too, as
+    # FastAPI validates the answer again.
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
     id: int
-    customer_id: str
-    units: int
+    customer_id: str = Field(validation_alias="stripe_customer_id")
+    units: int = Field(validation_alias="value")
     identifier: str
     status: str
     last_error: str | None
     created_at: datetime
-
-    @classmethod
-    def of(cls, report: UsageReport) -> ReportOut:
-        assert report.id is not None
-        return cls(
-            id=report.id,
-            customer_id=report.stripe_customer_id,
-            units=report.value,
-            identifier=report.identifier,
-            status=report.status,
-            last_error=report.last_error,
-            created_at=report.created_at,
-        )
 
 
 class ReportList(Page[ReportOut]):
@@ -121,7 +112,7 @@ async def list_reports(
     rows, has_more = await reports.list_reports(
         session, status=ReportStatus(status), limit=limit, starting_after=starting_after
     )
-    return ReportList(data=[ReportOut.of(r) for r in rows], has_more=has_more)
+    return ReportList(data=[ReportOut.model_validate(r) for r in rows], has_more=has_more)
 
 
 @router.post(
@@ -136,7 +127,7 @@ async def retry_report(
     report_id: ReportIdPath, session: SessionDep, runtime: RuntimeDep
 ) -> ReportOut:
     report = await reports.retry_parked(session, report_id=report_id)
-    out = ReportOut.of(report)
+    out = ReportOut.model_validate(report)
     await commit_before_announcing(session)
     runtime.reporter.wake()
     return out
