@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 from meterapi.keys.cache import CustomerEntry, KeyCache, KeyEntry
@@ -38,6 +39,24 @@ def test_entries_live_for_the_ttl_but_never_past_expiry() -> None:
     assert cache.key("d2") is None
     clock.t += 60
     assert cache.key("d1") is None
+
+
+def test_keys_misses_and_customers_follow_one_lookup_rule() -> None:
+    clock = Clock()
+    cache = KeyCache(ttl_s=60, clock=clock)
+    cache.put_key("d1", _entry(cache, "k1"), generation=0)
+    cache.put_miss("m1", generation=0)
+    cache.put_customer(CustomerEntry(1, "cus_1", "active", None, clock() + 60), generation=0)
+    cache.trusted_until = clock.t  # the invalidation feed stopped vouching: no answers...
+    assert cache.key("d1") is None and not cache.is_known_miss("m1") and cache.customer(1) is None
+    cache.trusted_until = math.inf  # ...but nothing was dropped
+    assert cache.key("d1") and cache.is_known_miss("m1") and cache.customer(1)
+    clock.t += 61  # expired: no answer, and dropped
+    assert cache.key("d1") is None and not cache.is_known_miss("m1") and cache.customer(1) is None
+    assert repr(cache) == "KeyCache(keys=0, misses=0, customers=0, generation=0)"
+    cache.put_key("d2", _entry(cache, "k1"), generation=0)  # the key's id, cached anew
+    cache.invalidate(key_ids=["k1"])
+    assert cache.key("d2") is None
 
 
 def test_sizes_are_bounded_least_recently_used_first() -> None:
