@@ -37,7 +37,9 @@ async def seed(database_url: str) -> str:
             await session.flush()
             assert customer.id is not None
             _, plaintext = await service.issue(
-                session, customer_id=customer.id, pepper=PEPPER.encode(), live=False
+                session,
+                customer_id=customer.id,
+                policy=KeyPolicy(pepper=PEPPER.encode(), live=False),
             )
         return plaintext
     finally:
@@ -50,7 +52,7 @@ async def verification_cost(database_url: str, key: str, rounds: int = 200_000) 
     settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
     guard = KeyGuard.build(
         settings,
-        policy=KeyPolicy(pepper=PEPPER.encode(), live=False),
+        policy=KeyPolicy(policy=KeyPolicy(pepper=PEPPER.encode(), live=False)),
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
     )

@@ -23,6 +23,7 @@ import httpx
 from meterapi.config import Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer
 
 
@@ -40,7 +41,7 @@ async def seed(database_url: str, keys: int) -> list[tuple[str, str]]:
             issued = []
             for _ in range(keys):
                 key, plaintext = await service.issue(
-                    session, customer_id=customer.id, pepper=pepper, live=False
+                    session, customer_id=customer.id, policy=KeyPolicy(pepper=pepper, live=False)
                 )
                 issued.append((key.id, plaintext))
             return issued

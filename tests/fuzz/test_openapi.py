@@ -30,6 +30,7 @@ from meterapi.app import create_app
 from meterapi.config import Settings
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import (
@@ -71,7 +72,7 @@ async def _seed(database_url: str, pepper: bytes, stripe_customer_id: str) -> st
             await session.flush()
             assert customer.id is not None
             _, plaintext = await service.issue(
-                session, customer_id=customer.id, pepper=pepper, live=False
+                session, customer_id=customer.id, policy=KeyPolicy(pepper=pepper, live=False)
             )
         return plaintext
     finally:

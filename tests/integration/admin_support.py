@@ -13,6 +13,7 @@ import stripe
 
 from meterapi.db import Sessionmaker, session_scope
 from meterapi.keys import service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer
 from tests.integration.billing_support import event
 
@@ -43,7 +44,7 @@ async def seed_customer(
         await session.flush()
         assert customer.id is not None
         _, plaintext = await service.issue(
-            session, customer_id=customer.id, pepper=pepper, live=False
+            session, customer_id=customer.id, policy=KeyPolicy(pepper=pepper, live=False)
         )
     return stripe_customer.id, plaintext
 

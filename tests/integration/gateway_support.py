@@ -15,6 +15,7 @@ import stripe
 
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service as key_service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer
 from tests.conftest import make_settings
 from tests.integration.servers import free_port
@@ -121,8 +122,9 @@ async def paying_customer(
             key, plaintext = await key_service.issue(
                 session,
                 customer_id=customer.id,
-                pepper=make_settings(db_url, key_pepper=pepper).pepper_bytes(),
-                live=False,
+                policy=KeyPolicy(
+                    pepper=make_settings(db_url, key_pepper=pepper).pepper_bytes(), live=False
+                ),
             )
     finally:
         await engine.dispose()

@@ -14,6 +14,7 @@ from sqlalchemy import event
 
 from meterapi.db import Sessionmaker, session_scope
 from meterapi.keys import service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import ApiKey, Customer
 from tests.integration import internals
 
@@ -60,7 +61,10 @@ class Seeder:
     async def key(self, customer_id: int, **kwargs: Any) -> tuple[ApiKey, str]:
         async with session_scope(self.sessionmaker) as session:
             return await service.issue(
-                session, customer_id=customer_id, pepper=self.pepper, live=False, **kwargs
+                session,
+                customer_id=customer_id,
+                policy=KeyPolicy(pepper=self.pepper, live=False),
+                **kwargs,
             )
 
     async def customer_with_key(

@@ -16,6 +16,7 @@ from sqlmodel import col, select
 
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service as key_service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer, OutboundEvent
 
 # 24 random bytes, base64, as Standard Webhooks secrets are written.
@@ -72,7 +73,9 @@ async def new_customer_with_key(db_url: str, stripe_customer_id: str) -> None:
             session.add(customer)
             await session.flush()
             assert customer.id is not None
-            await key_service.issue(session, customer_id=customer.id, pepper=b"p", live=False)
+            await key_service.issue(
+                session, customer_id=customer.id, policy=KeyPolicy(pepper=b"p", live=False)
+            )
     finally:
         await engine.dispose()
 

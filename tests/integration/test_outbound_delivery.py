@@ -12,6 +12,7 @@ import httpx
 
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service as key_service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer, OutboundStatus
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import EMULATOR_WEBHOOK_SECRET
@@ -49,7 +50,9 @@ async def write_events(db_url: str) -> None:
                 async with session_scope(sessionmaker) as session:
                     if round_ % 2 == 0:
                         key, _ = await key_service.issue(
-                            session, customer_id=customer_id, pepper=b"p", live=False
+                            session,
+                            customer_id=customer_id,
+                            policy=KeyPolicy(pepper=b"p", live=False),
                         )
                         last_key[customer_id] = key.id
                     else:

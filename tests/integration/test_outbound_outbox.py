@@ -17,6 +17,7 @@ from meterapi.cli import main
 from meterapi.db import Sessionmaker, session_scope
 from meterapi.errors import AlreadyDelivered, NotFound, ValidationFailed
 from meterapi.keys import service as key_service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import Customer, OutboundEvent, OutboundStatus
 from meterapi.outbound import outbox
 from meterapi.outbound.delivery import Attempt, Deliverer, claim_due, settle
@@ -57,12 +58,16 @@ async def test_an_event_lives_and_dies_with_its_transaction(sessionmaker: Sessio
     customer_id = await seed_customer(sessionmaker, stripe_customer_id="cus_tx")
     with pytest.raises(RuntimeError):
         async with session_scope(sessionmaker) as session:
-            await key_service.issue(session, customer_id=customer_id, pepper=b"p", live=False)
+            await key_service.issue(
+                session, customer_id=customer_id, policy=KeyPolicy(pepper=b"p", live=False)
+            )
             raise RuntimeError("the change fails after the key was written")
     assert await events(sessionmaker) == []
 
     async with session_scope(sessionmaker) as session:
-        key, _ = await key_service.issue(session, customer_id=customer_id, pepper=b"p", live=False)
+        key, _ = await key_service.issue(
+            session, customer_id=customer_id, policy=KeyPolicy(pepper=b"p", live=False)
+        )
     [row] = await events(sessionmaker)
     assert row.type == "key.created" and row.status == OutboundStatus.PENDING
     assert row.event_id.startswith("msg_") and row.attempts == 0

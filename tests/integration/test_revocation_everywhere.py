@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from meterapi import cli
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.keys import service as key_service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import ApiKey, ProcessHeartbeat
 from tests.conftest import make_settings
 from tests.integration.keys_support import seed_customer
@@ -38,7 +39,7 @@ async def _seed(db_url: str, keys: int) -> list[tuple[str, str]]:
         async with session_scope(sessionmaker) as session:
             for _ in range(keys):
                 key, plaintext = await key_service.issue(
-                    session, customer_id=customer_id, pepper=pepper, live=False
+                    session, customer_id=customer_id, policy=KeyPolicy(pepper=pepper, live=False)
                 )
                 issued.append((key.id, plaintext))
         return issued

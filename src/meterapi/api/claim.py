@@ -65,7 +65,6 @@ async def claim_key(
         claim_token=body.claim_token,
         gateway=gateway,
         price_id=price_id,
-        pepper=policy.pepper,
-        live=policy.live,
+        policy=policy,
     )
     return KeyCreated.of(key, plaintext)

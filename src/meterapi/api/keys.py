@@ -135,8 +135,7 @@ async def create_key(
         customer_id=caller.customer_id,
         name=body.name,
         expires_at=body.expires_at,
-        pepper=policy.pepper,
-        live=policy.live,
+        policy=policy,
     )
     return KeyCreated.of(key, plaintext)
 
@@ -162,8 +161,7 @@ async def rotate_key(
         customer_id=caller.customer_id,
         key_id=key_id,
         grace_seconds=body.grace_seconds,
-        pepper=policy.pepper,
-        live=policy.live,
+        policy=policy,
     )
     if body.grace_seconds == 0:  # the old key ends now, as if revoked: everywhere, then answer
         await commit_before_announcing(session)

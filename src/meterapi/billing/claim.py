@@ -15,6 +15,7 @@ from meterapi.billing.gateway import StripeGateway
 from meterapi.billing.subscriptions import object_id, provision_from_checkout, stripe_time
 from meterapi.errors import AlreadyClaimed, CheckoutExpired, CheckoutIncomplete, NotFound
 from meterapi.keys import service as key_service
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import ApiKey, CheckoutSession, utcnow
 
 FIRST_KEY_NAME = "default"
@@ -43,8 +44,7 @@ async def claim_first_key(
     claim_token: str | None,
     gateway: StripeGateway,
     price_id: str | None,
-    pepper: bytes,
-    live: bool,
+    policy: KeyPolicy,
 ) -> tuple[ApiKey, str]:
     """Issue the key of a completed Checkout Session; the plaintext is returned this once.
 
@@ -53,7 +53,7 @@ async def claim_first_key(
     (unknown, not for our price, or a wrong or missing claim token: one answer),
     ``CheckoutIncomplete`` (open or expired) or ``AlreadyClaimed``.
     """
-    if not claim_token_matches(checkout_session_id, claim_token, pepper=pepper):
+    if not claim_token_matches(checkout_session_id, claim_token, pepper=policy.pepper):
         raise NotFound("No such checkout session.")  # before any lookup: costs no Stripe call
     row = await session.get(CheckoutSession, checkout_session_id)
     if row is None:
@@ -76,7 +76,7 @@ async def claim_first_key(
     if customer_id is None:
         raise AlreadyClaimed()
     return await key_service.issue(
-        session, customer_id=int(customer_id), name=FIRST_KEY_NAME, pepper=pepper, live=live
+        session, customer_id=int(customer_id), name=FIRST_KEY_NAME, policy=policy
     )
 
 

@@ -112,8 +112,7 @@ def _keys_issue(args: argparse.Namespace, settings: Settings) -> int:
                     session,
                     stripe_customer_id=args.customer,
                     name=args.name,
-                    pepper=policy.pepper,
-                    live=policy.live,
+                    policy=policy,
                 )
             log.info("issued key %s for %s", key.id, args.customer)
             return plaintext

@@ -21,6 +21,7 @@ from meterapi.errors import (
 )
 from meterapi.keys import format as key_format
 from meterapi.keys import hashing, invalidation
+from meterapi.keys.policy import KeyPolicy
 from meterapi.models import ApiKey, Customer, utcnow
 from meterapi.outbound import outbox
 
@@ -48,20 +49,19 @@ async def issue(
     customer_id: int,
     name: str = "default",
     expires_at: datetime | None = None,
-    pepper: bytes,
-    live: bool,
+    policy: KeyPolicy,
     now: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the plaintext, which exists nowhere else afterwards."""
     now = now or utcnow()
     if expires_at is not None and expires_at <= now:
         raise ValidationFailed("expires_at must be in the future.")
-    plaintext = key_format.generate(live=live)
+    plaintext = key_format.generate(live=policy.live)
     key = ApiKey(
         id=key_format.new_key_id(),
         customer_id=customer_id,
         name=name,
-        digest=hashing.digest(plaintext, pepper=pepper),
+        digest=policy.digest(plaintext),
         prefix=key_format.display_prefix(plaintext),
         last4=plaintext[-4:],
         created_at=now,
@@ -84,13 +84,12 @@ async def issue_for_stripe_customer(
     *,
     stripe_customer_id: str,
     name: str = "default",
-    pepper: bytes,
-    live: bool,
+    policy: KeyPolicy,
 ) -> tuple[ApiKey, str]:
     """``issue`` for the customer known by its Stripe id (``NotFound`` creates nothing)."""
     customer = await find_customer(session, stripe_customer_id=stripe_customer_id)
     assert customer.id is not None
-    return await issue(session, customer_id=customer.id, name=name, pepper=pepper, live=live)
+    return await issue(session, customer_id=customer.id, name=name, policy=policy)
 
 
 async def list_keys(session: AsyncSession, *, customer_id: int) -> list[ApiKey]:
@@ -117,8 +116,7 @@ async def rotate(
     customer_id: int,
     key_id: str,
     grace_seconds: int = DEFAULT_GRACE_SECONDS,
-    pepper: bytes,
-    live: bool,
+    policy: KeyPolicy,
     now: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Issue a successor with the same name; the old key keeps working ``grace_seconds`` more,
@@ -128,7 +126,7 @@ async def rotate(
     if not is_usable(old, now):
         raise NotFound("No active key with this id.")
     new, plaintext = await issue(
-        session, customer_id=customer_id, name=old.name, pepper=pepper, live=live, now=now
+        session, customer_id=customer_id, name=old.name, policy=policy, now=now
     )
     until = now + timedelta(seconds=grace_seconds)
     old.expires_at = until if old.expires_at is None else min(old.expires_at, until)
