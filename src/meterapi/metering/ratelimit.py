@@ -39,7 +39,6 @@ from typing import Any
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from pydantic import SecretStr
-from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -55,14 +54,27 @@ LOG_EVERY_S = 60.0
 POOL_SIZE = 32  # Redis connections per process: one call in flight each
 BACKGROUND_TIMEOUT_S = 1.0
 GRACE_TURNS = 3
+PRUNE_EVERY_S = 1.0
 
 
-def _retrieve(call: asyncio.Future[int]) -> None:
-    if not call.cancelled():
-        call.exception()  # retrieved: the request went on without it
-
-
+_UNSEEN = (0, 0.0)
 _SCHEMES = {"redis://": "async+redis://", "rediss://": "async+rediss://"}
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Calls of one key counted together: one increment of ``size``, one reply."""
+
+    reply: asyncio.Future[int]  # Redis's count after the increment
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One key's calls in this process: the batch being filled, and the task sending them."""
+
+    open: _Batch | None = None
+    sender: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +84,9 @@ class Verdict:
     allowed: bool
     quota: int
     window_s: int
-    remaining: int | None  # None: not counted (the shared count was unavailable)
+    remaining: int | None  # None: not known (the shared count was unavailable)
     reset_s: int  # whole seconds until the window ends, ≥ 1
+    checked: bool = True  # False: let through without its own count (late reply, Redis down)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``RateLimit-Policy`` and ``RateLimit`` (the latter only when counted)."""
@@ -113,6 +126,12 @@ class RateLimiter:
         self._down_until = -math.inf
         self._down = False
         self._last_log = -math.inf
+        # The highest count Redis has returned per counter key (key and window), with the
+        # window's end: a fixed window's count only grows, so a key seen at its quota is over
+        # it for the rest of the window, whatever Redis says next.
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._prune_at = -math.inf
+        self._slots: dict[str, _Slot] = {}
         self.storage: Storage
         self._pool: BlockingConnectionPool | None = None
         if redis_url is None:
@@ -149,36 +168,100 @@ class RateLimiter:
         window = item.get_expiry()
         now = self.clock()
         number = int(now // window)
-        reset_s = max(1, math.ceil((number + 1) * window - now))
-        if self.shared and self.monotonic() < self._down_until:
-            return self._unlimited(item, reset_s, "backoff")
+        ends = (number + 1) * window
+        reset_s = max(1, math.ceil(ends - now))
         key = item.key_for("paid", key_id, str(number))
         if not self.shared:
             count = await self.storage.incr(key, window)
             return self._verdict(item, count, reset_s)
-        call = asyncio.ensure_future(self.storage.incr(key, window))
-        await asyncio.wait((call,), timeout=self.timeout_s)
+        if now >= self._prune_at:
+            self._prune(now)
+        if self.monotonic() < self._down_until:
+            return self._unlimited(item, reset_s, "backoff")
+        known = self._seen.get(key, _UNSEEN)[0]  # what Redis said before this call
+        batch, place = self._join(key, window, ends)
+        reply = batch.reply
+        await asyncio.wait((reply,), timeout=self.timeout_s)
         # A busy event loop runs the timer in the same turn as it reads the reply, and resumes
-        # the call only a turn or two later: give it those turns (any await costs them) before
-        # calling Redis late. Without this, a saturated process fails open on every call.
+        # the waiters only a turn or two later: give them those turns (any await costs them).
         for _ in range(GRACE_TURNS):
-            if call.done():
+            if reply.done():
                 break
             await asyncio.sleep(0)
-        if not call.done():
-            # Not cancelled: cancelling drops the connection. It ends by itself (socket timeout).
-            call.add_done_callback(_retrieve)
-            return self._failed(item, reset_s, "timeout")
+        if not reply.done():
+            # Late, which is not Redis failing: the call goes on (cancelling it would drop its
+            # connection) and its count lands in Redis and in ``_seen``. If Redis had said the
+            # quota was reached before this call, its own count is over it: refused for sure.
+            if known >= item.amount:
+                return Verdict(False, item.amount, window, 0, reset_s)
+            return self._late(item, key, known, reset_s)
+        if reply.exception() is not None:  # ``_send`` logged it and backed off
+            return self._unlimited(item, reset_s, "error")
+        # The batch's calls took the places just below Redis's count, in the order they came.
+        return self._verdict(item, reply.result() - batch.size + place + 1, reset_s)
+
+    def _join(self, key: str, window: int, ends: float) -> tuple[_Batch, int]:
+        """This call's batch for ``key`` (the one not yet sent) and its place in it."""
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+        if slot.open is None:
+            slot.open = _Batch(asyncio.get_running_loop().create_future())
+        batch = slot.open
+        if slot.sender is None:
+            slot.sender = asyncio.ensure_future(self._send(key, window, ends, slot))
+        batch.size += 1
+        return batch, batch.size - 1
+
+    async def _send(self, key: str, window: int, ends: float, slot: _Slot) -> None:
+        """Send ``key``'s batches one at a time, each one increment of its size, until none is
+        waiting. An error (refused, reset, the 1 s socket timeout of a hung Redis) fails the
+        batches and leaves Redis alone for ``backoff_s``."""
         try:
-            count = call.result()
-        except redis_errors.TimeoutError:
-            return self._failed(item, reset_s, "timeout")
-        except Exception as exc:  # the storage's errors: connection refused, reset, auth…
-            return self._failed(item, reset_s, "error", exc)
-        if self._down:
-            self._down = False
-            self._log("rate limits: Redis answers again; limits apply")
-        return self._verdict(item, count, reset_s)
+            while slot.open is not None:
+                batch, slot.open = slot.open, None
+                try:
+                    count = await self.storage.incr(key, window, amount=batch.size)
+                except Exception as exc:
+                    self._trouble(exc)
+                    for failed in (batch, slot.open):
+                        if failed is not None:
+                            failed.reply.set_exception(exc)
+                            failed.reply.exception()  # retrieved: late waiters went on
+                    slot.open = None
+                    return
+                batch.reply.set_result(count)
+                if count > self._seen.get(key, _UNSEEN)[0]:
+                    self._seen[key] = (count, ends)
+                if self._down:
+                    self._down = False
+                    self._log("rate limits: Redis answers again; limits apply")
+        finally:
+            if self._slots.get(key) is slot:
+                del self._slots[key]
+
+    def _trouble(self, exc: BaseException) -> None:
+        # A Redis that failed may come back empty: what it said before counts no more.
+        self._seen.clear()
+        self._down = True
+        self._down_until = self.monotonic() + self.backoff_s
+        self._log(
+            f"rate limits: Redis unavailable ({type(exc).__name__}); paid requests go on unlimited"
+        )
+
+    def _prune(self, now: float) -> None:
+        """Forget the counts of windows that have ended (at most once a second)."""
+        self._seen = {key: seen for key, seen in self._seen.items() if seen[1] > now}
+        self._prune_at = now + PRUNE_EVERY_S
+
+    def _late(self, item: RateLimitItem, key: str, known: int, reset_s: int) -> Verdict:
+        """Admitted without its own count. The headers say what Redis has said of this window
+        (an upper bound of what is left), when it has said anything."""
+        if self._unchecked is not None:
+            self._unchecked.inc(reason="late")
+        seen = self._seen.get(key)
+        remaining = None if seen is None else max(0, item.amount - max(seen[0], known + 1))
+        return Verdict(True, item.amount, item.get_expiry(), remaining, reset_s, checked=False)
 
     def _verdict(self, item: RateLimitItem, count: int, reset_s: int) -> Verdict:
         return Verdict(
@@ -206,19 +289,10 @@ class RateLimiter:
         if self._pool is not None:
             await self._pool.aclose()
 
-    def _failed(
-        self, item: RateLimitItem, reset_s: int, reason: str, exc: Exception | None = None
-    ) -> Verdict:
-        self._down = True
-        self._down_until = self.monotonic() + self.backoff_s
-        what = type(exc).__name__ if exc is not None else f"no answer in {self.timeout_s}s"
-        self._log(f"rate limits: Redis unavailable ({what}); paid requests go on unlimited")
-        return self._unlimited(item, reset_s, reason)
-
     def _unlimited(self, item: RateLimitItem, reset_s: int, reason: str) -> Verdict:
         if self._unchecked is not None:
             self._unchecked.inc(reason=reason)
-        return Verdict(True, item.amount, item.get_expiry(), None, reset_s)
+        return Verdict(True, item.amount, item.get_expiry(), None, reset_s, checked=False)
 
     def _log(self, message: str) -> None:
         now = self.monotonic()
