@@ -119,6 +119,54 @@ def strategies(redis_url: str) -> dict[str, float]:
     return asyncio.run(run())
 
 
+def service_limiter(redis_url: str, *, n: int = 8000) -> dict[str, float]:
+    """Client CPU µs per ``RateLimiter.hit`` (the service's own, calls batched), 32 in flight,
+    on one key and on 32 keys; and how many calls each Redis round trip carried."""
+    from collections.abc import Sequence
+
+    from limits import parse
+    from pydantic import SecretStr
+
+    from meterapi.metering.ratelimit import RateLimiter, RedisCounts
+
+    item = parse(NEVER)
+
+    class Counted(RedisCounts):
+        trips = 0
+
+        async def add(self, increments: Sequence[tuple[str, int, int]]) -> list[int]:
+            self.trips += 1
+            return await super().add(increments)
+
+    async def measure(keys: int) -> tuple[float, float]:
+        limiter = RateLimiter(redis_url=SecretStr(redis_url), timeout_s=0.05)
+        counts = limiter.counts = Counted(SecretStr(redis_url))
+        await limiter.start()
+
+        async def worker(start: int) -> None:
+            for i in range(start, n, 32):
+                await limiter.hit(item, f"k{i % keys}")
+
+        await asyncio.gather(*(worker(j) for j in range(32)))  # warm
+        trips = counts.trips
+        started = time.process_time()
+        await asyncio.gather(*(worker(j) for j in range(32)))
+        cpu_us = (time.process_time() - started) * 1e6 / n
+        per_trip = n / max(1, counts.trips - trips)
+        await limiter.close()
+        return cpu_us, per_trip
+
+    async def run() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for keys in (1, 32):
+            cpu_us, per_trip = await measure(keys)
+            found[f"RateLimiter.hit, {keys} key(s): client CPU us"] = cpu_us
+            found[f"RateLimiter.hit, {keys} key(s): calls per round trip"] = per_trip
+        return found
+
+    return asyncio.run(run())
+
+
 # -- 2. throughput ------------------------------------------------------------------------------
 
 
@@ -321,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             say("1. strategies, client CPU per call, 32 in flight")
             for name, cpu_us in strategies(redis_url).items():
                 say(f"   {name:<45} {cpu_us:6.1f} us")
+            for name, value in service_limiter(redis_url).items():
+                say(f"   {name:<55} {value:6.1f}")
         if "2" in args.parts:
             say("2. metered throughput, one worker each, interleaved rounds")
             throughput(stack, redis_proc, args, say)

@@ -6,23 +6,34 @@ RateLimit headers say (CONTRACT §7).
 
 The algorithm is the ``limits`` package's fixed window, with windows aligned to the clock: the
 window's number is part of the counter's key, so a window ends for every worker and replica at
-the same instant, and one increment (``storage.incr``, one Redis round trip running the
-package's own script) answers everything: allowed (count ≤ quota), remaining (quota - count),
-and the reset (the window's end, from the clock). The sliding-window counter and the moving
-window need a second round trip for the remaining count, which measured about twice the CPU
-per request (docs/limits.md). The price of the fixed window: up to twice the quota can pass
-across a window's boundary; over any longer span the count holds.
+the same instant, and one increment answers everything: allowed (count ≤ quota), remaining
+(quota - count), and the reset (the window's end, from the clock). The sliding-window counter
+and the moving window need a second round trip for the remaining count, which measured about
+twice the CPU per request (docs/limits.md). The price of the fixed window: up to twice the quota
+can pass across a window's boundary; over any longer span the count holds.
 
-Storage: Redis when ``METERAPI_REDIS_URL`` is set (shared by every process), else memory (each
-process counts alone). Redis failing never fails a request (fail open):
+Storage: the ``limits`` package's memory storage without ``METERAPI_REDIS_URL`` (each process
+counts alone); with it, one count per key in Redis, shared by every process. A Redis round trip
+costs the client about ten times what the rest of a call's check does, so a process sends its
+calls in batches: the calls of a key that arrive while a round trip is under way wait for the
+next one, which carries, for every key, one ``INCRBY`` of how many came (after a ``SET NX EX``
+that starts the window's counter with its expiry), all in one pipeline. A batch of ``n`` calls
+that brings the count to ``c`` takes the places ``c - n + 1 … c`` in the order the calls came:
+the same answers as ``n`` increments one after the other. At most one pipeline is in flight.
 
-- a request waits for Redis ``timeout_s`` at most (plus the few turns of its own event loop a
-  reply needs to be read: under saturation the loop's own lag is longer than any Redis round
-  trip, and must not be taken for Redis being slow); a timeout or an error lets the request
-  through unlimited, counted in ``meterapi_rate_limit_unchecked_total{reason}``; the call it
-  gave up on ends in the background (1 s socket timeout), its connection kept;
-- after a failure Redis is left alone for ``backoff_s`` (requests go through at once, reason
-  ``backoff``), then the next request tries again: the client reconnects by itself;
+Redis failing never fails a request, and a request waits for it ``timeout_s`` at most (plus the
+few turns of its own event loop a reply needs to be read):
+
+- a *late* reply is not a failure (a saturated process's own event loop is slower than Redis):
+  the call goes on and its count still lands in Redis. The call is let through (reason
+  ``late`` in ``meterapi_rate_limit_unchecked_total``) unless Redis had already put the key at
+  its quota in this window before the call was sent: its own count is then surely over the
+  quota (a fixed window's count only grows), and it is refused. Each process keeps, per
+  counter key, the highest count Redis has returned, for that and for the headers of a late
+  call (an upper bound of what is left); forgotten when the window ends or Redis fails;
+- an error (refused, reset, or the 1 s socket timeout of a hung Redis) lets the calls of that
+  round trip through unlimited (reason ``error``) and leaves Redis alone for ``backoff_s``
+  (reason ``backoff``); then the next call tries again: the client reconnects by itself;
 - the log says so at most once a minute, and says when Redis answers again.
 """
 
@@ -32,14 +43,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from limits import RateLimitItem
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage
 from pydantic import SecretStr
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -51,30 +62,82 @@ KEY_PREFIX = "meterapi"
 DEFAULT_TIMEOUT_S = 0.005
 DEFAULT_BACKOFF_S = 1.0
 LOG_EVERY_S = 60.0
-POOL_SIZE = 32  # Redis connections per process: one call in flight each
-BACKGROUND_TIMEOUT_S = 1.0
+POOL_SIZE = 2  # one pipeline in flight, and a spare
+BACKGROUND_TIMEOUT_S = 1.0  # a round trip no request waits for any more: Redis is hung
 GRACE_TURNS = 3
 PRUNE_EVERY_S = 1.0
 
-
 _UNSEEN = (0, 0.0)
-_SCHEMES = {"redis://": "async+redis://", "rediss://": "async+rediss://"}
+
+
+class SharedCounts(Protocol):
+    """Where the shared counts live: ``add`` applies increments ``(key, window s, amount)``
+    and returns each key's count after its own."""
+
+    async def add(self, increments: Sequence[tuple[str, int, int]]) -> list[int]: ...
+
+    async def close(self) -> None: ...
+
+
+# The ``limits`` package's own increment (``incr_expire.lua``: increment, and give a new
+# window's counter its expiry), looped over the keys of a batch: one command per round trip.
+# Each reply a client parses costs it more than the rest of a call's check (docs/limits.md).
+ADD_SCRIPT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local amount = tonumber(ARGV[2 * i - 1])
+  local count = redis.call("incrby", key, amount)
+  if count == amount then
+    redis.call("expire", key, ARGV[2 * i])
+  end
+  counts[i] = count
+end
+return counts
+"""
+
+
+class RedisCounts:
+    """The counts in Redis, one script call per batch, under keys prefixed ``meterapi:``."""
+
+    def __init__(self, redis_url: SecretStr) -> None:
+        # A small pool, opened at start; no retries inside the client: a failure is answered
+        # by failing open at once. The timeouts bound calls no request waits for any more.
+        self._pool = BlockingConnectionPool.from_url(
+            redis_url.get_secret_value(),
+            max_connections=POOL_SIZE,
+            timeout=BACKGROUND_TIMEOUT_S,
+            socket_timeout=BACKGROUND_TIMEOUT_S,
+            socket_connect_timeout=BACKGROUND_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._client = Redis(connection_pool=self._pool)
+        self._add = self._client.register_script(ADD_SCRIPT)  # loaded again if Redis forgot it
+
+    async def add(self, increments: Sequence[tuple[str, int, int]]) -> list[int]:
+        keys = [f"{KEY_PREFIX}:{key}" for key, _, _ in increments]
+        args: list[int] = []
+        for _, window, amount in increments:
+            args += (amount, window)
+        counts = await self._add(keys=keys, args=args)
+        return [int(count) for count in counts]
+
+    async def warm(self) -> None:
+        """Connect, and load the script."""
+        await self._add(keys=[f"{KEY_PREFIX}:warm-up"], args=[1, 1])
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._pool.aclose()
 
 
 @dataclass(slots=True)
 class _Batch:
     """Calls of one key counted together: one increment of ``size``, one reply."""
 
+    window: int
+    ends: float
     reply: asyncio.Future[int]  # Redis's count after the increment
     size: int = 0
-
-
-@dataclass(slots=True)
-class _Slot:
-    """One key's calls in this process: the batch being filled, and the task sending them."""
-
-    open: _Batch | None = None
-    sender: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,21 +152,13 @@ class Verdict:
     checked: bool = True  # False: let through without its own count (late reply, Redis down)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """``RateLimit-Policy`` and ``RateLimit`` (the latter only when counted)."""
+        """``RateLimit-Policy`` and ``RateLimit`` (the latter only when known)."""
         policy = f'"default";q={self.quota};w={self.window_s}'.encode()
         found = [(b"ratelimit-policy", policy)]
         if self.remaining is not None:
             state = f'"default";r={self.remaining};t={self.reset_s}'.encode()
             found.append((b"ratelimit", state))
         return found
-
-
-def storage_uri(redis_url: str) -> str:
-    """The ``limits`` package's name for a Redis address (``async+redis://…``)."""
-    for scheme, replacement in _SCHEMES.items():
-        if redis_url.startswith(scheme):
-            return replacement + redis_url.removeprefix(scheme)
-    raise ValueError("a Redis URL starts with redis:// or rediss://")
 
 
 class RateLimiter:
@@ -126,38 +181,14 @@ class RateLimiter:
         self._down_until = -math.inf
         self._down = False
         self._last_log = -math.inf
+        self.memory = MemoryStorage()
+        self.counts: SharedCounts | None = None if redis_url is None else RedisCounts(redis_url)
         # The highest count Redis has returned per counter key (key and window), with the
-        # window's end: a fixed window's count only grows, so a key seen at its quota is over
-        # it for the rest of the window, whatever Redis says next.
+        # window's end: a fixed window's count only grows.
         self._seen: dict[str, tuple[int, float]] = {}
         self._prune_at = -math.inf
-        self._slots: dict[str, _Slot] = {}
-        self.storage: Storage
-        self._pool: BlockingConnectionPool | None = None
-        if redis_url is None:
-            self.storage = MemoryStorage()
-        else:
-            # A bounded pool, opened at start: a burst of requests waits for a connection (hit()
-            # gives up after timeout_s) instead of opening dozens at once. No retries inside the
-            # client: a failure is answered by failing open at once.
-            url = redis_url.get_secret_value()
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=POOL_SIZE,
-                # Bounds for calls a request gave up on (hit() waits timeout_s at most).
-                timeout=BACKGROUND_TIMEOUT_S,
-                socket_timeout=BACKGROUND_TIMEOUT_S,
-                socket_connect_timeout=BACKGROUND_TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._pool = pool
-            options: dict[str, Any] = {"connection_pool": pool}
-            self.storage = RedisStorage(
-                storage_uri(url),
-                implementation="redispy",
-                key_prefix=KEY_PREFIX,
-                **options,  # passed on to redis.asyncio.Redis
-            )
+        self._open: dict[str, _Batch] = {}  # the batches the next round trip carries
+        self._sender: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:  # never the URL: it may hold a password
         return f"RateLimiter(shared={self.shared}, timeout_s={self.timeout_s})"
@@ -171,15 +202,22 @@ class RateLimiter:
         ends = (number + 1) * window
         reset_s = max(1, math.ceil(ends - now))
         key = item.key_for("paid", key_id, str(number))
-        if not self.shared:
-            count = await self.storage.incr(key, window)
+        if self.counts is None:
+            count = await self.memory.incr(key, window)
             return self._verdict(item, count, reset_s)
         if now >= self._prune_at:
             self._prune(now)
         if self.monotonic() < self._down_until:
             return self._unlimited(item, reset_s, "backoff")
         known = self._seen.get(key, _UNSEEN)[0]  # what Redis said before this call
-        batch, place = self._join(key, window, ends)
+        batch = self._open.get(key)
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._open[key] = _Batch(window, ends, loop.create_future())
+        place = batch.size
+        batch.size += 1
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send(self.counts))
         reply = batch.reply
         await asyncio.wait((reply,), timeout=self.timeout_s)
         # A busy event loop runs the timer in the same turn as it reads the reply, and resumes
@@ -189,9 +227,8 @@ class RateLimiter:
                 break
             await asyncio.sleep(0)
         if not reply.done():
-            # Late, which is not Redis failing: the call goes on (cancelling it would drop its
-            # connection) and its count lands in Redis and in ``_seen``. If Redis had said the
-            # quota was reached before this call, its own count is over it: refused for sure.
+            # Late, which is not Redis failing: its count lands in Redis all the same. If Redis
+            # had put the key at its quota before this call, its count is over: refused.
             if known >= item.amount:
                 return Verdict(False, item.amount, window, 0, reset_s)
             return self._late(item, key, known, reset_s)
@@ -200,49 +237,33 @@ class RateLimiter:
         # The batch's calls took the places just below Redis's count, in the order they came.
         return self._verdict(item, reply.result() - batch.size + place + 1, reset_s)
 
-    def _join(self, key: str, window: int, ends: float) -> tuple[_Batch, int]:
-        """This call's batch for ``key`` (the one not yet sent) and its place in it."""
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = _Slot()
-        if slot.open is None:
-            slot.open = _Batch(asyncio.get_running_loop().create_future())
-        batch = slot.open
-        if slot.sender is None:
-            slot.sender = asyncio.ensure_future(self._send(key, window, ends, slot))
-        batch.size += 1
-        return batch, batch.size - 1
-
-    async def _send(self, key: str, window: int, ends: float, slot: _Slot) -> None:
-        """Send ``key``'s batches one at a time, each one increment of its size, until none is
-        waiting. An error (refused, reset, the 1 s socket timeout of a hung Redis) fails the
-        batches and leaves Redis alone for ``backoff_s``."""
+    async def _send(self, counts: SharedCounts) -> None:
+        """Round trips one at a time, each carrying every batch opened since the last, until
+        none is waiting. An error fails every batch, and Redis is left alone for a while."""
         try:
-            while slot.open is not None:
-                batch, slot.open = slot.open, None
+            while self._open:
+                sent, self._open = self._open, {}
                 try:
-                    count = await self.storage.incr(key, window, amount=batch.size)
-                except Exception as exc:
+                    totals = await counts.add([(k, b.window, b.size) for k, b in sent.items()])
+                except Exception as exc:  # refused, reset, hung (socket timeout), …
                     self._trouble(exc)
-                    for failed in (batch, slot.open):
-                        if failed is not None:
-                            failed.reply.set_exception(exc)
-                            failed.reply.exception()  # retrieved: late waiters went on
-                    slot.open = None
+                    failed, self._open = [*sent.values(), *self._open.values()], {}
+                    for batch in failed:
+                        batch.reply.set_exception(exc)
+                        batch.reply.exception()  # retrieved: late waiters went on
                     return
-                batch.reply.set_result(count)
-                if count > self._seen.get(key, _UNSEEN)[0]:
-                    self._seen[key] = (count, ends)
+                for (key, batch), count in zip(sent.items(), totals, strict=True):
+                    batch.reply.set_result(count)
+                    if count > self._seen.get(key, _UNSEEN)[0]:
+                        self._seen[key] = (count, batch.ends)
                 if self._down:
                     self._down = False
                     self._log("rate limits: Redis answers again; limits apply")
         finally:
-            if self._slots.get(key) is slot:
-                del self._slots[key]
+            self._sender = None
 
     def _trouble(self, exc: BaseException) -> None:
-        # A Redis that failed may come back empty: what it said before counts no more.
-        self._seen.clear()
+        self._seen.clear()  # a Redis that failed may come back empty: its word is stale
         self._down = True
         self._down_until = self.monotonic() + self.backoff_s
         self._log(
@@ -255,8 +276,8 @@ class RateLimiter:
         self._prune_at = now + PRUNE_EVERY_S
 
     def _late(self, item: RateLimitItem, key: str, known: int, reset_s: int) -> Verdict:
-        """Admitted without its own count. The headers say what Redis has said of this window
-        (an upper bound of what is left), when it has said anything."""
+        """Let through without its own count. The headers say what Redis has said of this
+        window (an upper bound of what is left), when it has said anything."""
         if self._unchecked is not None:
             self._unchecked.inc(reason="late")
         seen = self._seen.get(key)
@@ -272,27 +293,26 @@ class RateLimiter:
             reset_s=reset_s,
         )
 
-    async def start(self, *, settle_s: float = 2.0) -> None:
-        """Open the pool's connections and load the counting script before the first request
-        (bounded by ``settle_s``): connecting and the script's first load take round trips a
-        request's ``timeout_s`` is not meant for. Redis being down delays nothing."""
-        if not self.shared:
-            return
-        try:
-            async with asyncio.timeout(settle_s):
-                warm = [self.storage.incr(f"{KEY_PREFIX}/warm-up", 1) for _ in range(POOL_SIZE)]
-                await asyncio.gather(*warm)
-        except Exception as exc:
-            self._log(f"rate limits: Redis unavailable at start ({type(exc).__name__})")
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-
     def _unlimited(self, item: RateLimitItem, reset_s: int, reason: str) -> Verdict:
         if self._unchecked is not None:
             self._unchecked.inc(reason=reason)
         return Verdict(True, item.amount, item.get_expiry(), None, reset_s, checked=False)
+
+    async def start(self, *, settle_s: float = 2.0) -> None:
+        """Open the pool's connections and load the script before the first request (bounded
+        by ``settle_s``): that takes round trips a request's ``timeout_s`` is not meant for.
+        Redis being down delays nothing."""
+        if not isinstance(self.counts, RedisCounts):
+            return
+        try:
+            async with asyncio.timeout(settle_s):
+                await asyncio.gather(*(self.counts.warm() for _ in range(POOL_SIZE)))
+        except Exception as exc:
+            self._log(f"rate limits: Redis unavailable at start ({type(exc).__name__})")
+
+    async def close(self) -> None:
+        if self.counts is not None:
+            await self.counts.close()
 
     def _log(self, message: str) -> None:
         now = self.monotonic()
