@@ -242,6 +242,8 @@ def throughput(stack: Stack, redis_proc: Proc, args: argparse.Namespace, say: Sa
     common = {"seconds": args.seconds, "connections": args.connections, "tool": _tool()}
     for name, proc in services.items():
         saturate([proc.port], "/v1/data", key=keys[name], **{**common, "seconds": 2.0})
+    server = redis.Redis(port=redis_proc.port)
+    trips_before, redis_cpu_before = _redis_work(server)
     rps: dict[str, list[float]] = {name: [] for name in configs}
     cpu: dict[str, list[float]] = {name: [] for name in configs}
     requests: dict[str, int] = dict.fromkeys(configs, 0)
@@ -274,8 +276,24 @@ def throughput(stack: Stack, redis_proc: Proc, args: argparse.Namespace, say: Sa
         f"{_reasons(unchecked(services['Redis limit']))} of {requests['Redis limit']} requests "
         f"(warm-up included); load average {load_average()}"
     )
+    trips, redis_cpu = (
+        a - b for a, b in zip(_redis_work(server), (trips_before, redis_cpu_before), strict=True)
+    )
+    say(
+        f"   Redis round trips: {trips:.0f}, {requests['Redis limit'] / max(trips, 1):.1f} "
+        f"requests each; redis-server CPU {redis_cpu * 1e6 / requests['Redis limit']:.1f} us "
+        "per request (in the CPU above)"
+    )
     for proc in services.values():
         proc.terminate()
+
+
+def _redis_work(server: redis.Redis) -> tuple[float, float]:
+    """Script calls (one per round trip of the service) and CPU seconds of the Redis server."""
+    stats = server.info("commandstats")
+    trips = sum(float(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
+    cpu = server.info("cpu")
+    return trips, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def paced_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say: Say) -> None:
