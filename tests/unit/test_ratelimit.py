@@ -240,3 +240,17 @@ async def test_ended_windows_are_forgotten() -> None:
     await limiter.hit(parse("1/second"), "k0")
     await settle()
     assert len(limiter._seen) == 2  # the day's count, and the new second's
+
+
+async def test_a_call_given_up_by_its_client_leaves_its_batch_alone() -> None:
+    limiter, storage = shared([NOW])
+    limiter.timeout_s = 1.0
+    item = parse("5/second")
+    storage.held.clear()
+    calls = [asyncio.ensure_future(limiter.hit(item, "k")) for _ in range(3)]
+    await settle()
+    calls[1].cancel()  # the client went away
+    storage.held.set()
+    first, _, third = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(first, Verdict) and isinstance(third, Verdict)
+    assert (first.remaining, third.remaining) == (4, 2)  # the cancelled call kept its place

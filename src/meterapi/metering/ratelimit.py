@@ -130,14 +130,38 @@ class RedisCounts:
         await self._pool.aclose()
 
 
+LATE = -1  # a batch's outcome when Redis's reply did not come in time
+FAILED = -2  # ... when the round trip failed
+
+
 @dataclass(slots=True)
 class _Batch:
-    """Calls of one key counted together: one increment of ``size``, one reply."""
+    """Calls of one key counted together: one increment of ``size``, one outcome: Redis's count
+    after the increment, or ``LATE`` ``timeout_s`` (and a few turns) after the batch opened, or
+    ``FAILED``. One timer per batch, not one per call."""
 
     window: int
     ends: float
-    reply: asyncio.Future[int]  # Redis's count after the increment
+    outcome: asyncio.Future[int]
+    timer: asyncio.TimerHandle | None = None
     size: int = 0
+
+    def decide(self, outcome: int) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(outcome)
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def _give_up(outcome: asyncio.Future[int], turns: int) -> None:
+    """A busy event loop runs a timer in the same turn as it reads the reply, and sets the
+    outcome a turn or two later: give it those turns before calling the batch late."""
+    if outcome.done():
+        return
+    if turns > 0:
+        outcome.get_loop().call_soon(_give_up, outcome, turns - 1)
+    else:
+        outcome.set_result(LATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,28 +238,23 @@ class RateLimiter:
         if batch is None:
             loop = asyncio.get_running_loop()
             batch = self._open[key] = _Batch(window, ends, loop.create_future())
+            batch.timer = loop.call_later(self.timeout_s, _give_up, batch.outcome, GRACE_TURNS)
         place = batch.size
         batch.size += 1
         if self._sender is None:
             self._sender = asyncio.ensure_future(self._send(self.counts))
-        reply = batch.reply
-        await asyncio.wait((reply,), timeout=self.timeout_s)
-        # A busy event loop runs the timer in the same turn as it reads the reply, and resumes
-        # the waiters only a turn or two later: give them those turns (any await costs them).
-        for _ in range(GRACE_TURNS):
-            if reply.done():
-                break
-            await asyncio.sleep(0)
-        if not reply.done():
+        # Shielded: a request cancelled (its client gone) must not decide for the batch.
+        count = await asyncio.shield(batch.outcome)
+        if count == LATE:
             # Late, which is not Redis failing: its count lands in Redis all the same. If Redis
             # had put the key at its quota before this call, its count is over: refused.
             if known >= item.amount:
                 return Verdict(False, item.amount, window, 0, reset_s)
             return self._late(item, key, known, reset_s)
-        if reply.exception() is not None:  # ``_send`` logged it and backed off
+        if count == FAILED:  # ``_send`` logged it and backed off
             return self._unlimited(item, reset_s, "error")
         # The batch's calls took the places just below Redis's count, in the order they came.
-        return self._verdict(item, reply.result() - batch.size + place + 1, reset_s)
+        return self._verdict(item, count - batch.size + place + 1, reset_s)
 
     async def _send(self, counts: SharedCounts) -> None:
         """Round trips one at a time, each carrying every batch opened since the last, until
@@ -249,11 +268,10 @@ class RateLimiter:
                     self._trouble(exc)
                     failed, self._open = [*sent.values(), *self._open.values()], {}
                     for batch in failed:
-                        batch.reply.set_exception(exc)
-                        batch.reply.exception()  # retrieved: late waiters went on
+                        batch.decide(FAILED)
                     return
                 for (key, batch), count in zip(sent.items(), totals, strict=True):
-                    batch.reply.set_result(count)
+                    batch.decide(count)
                     if count > self._seen.get(key, _UNSEEN)[0]:
                         self._seen[key] = (count, batch.ends)
                 if self._down:
