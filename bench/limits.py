@@ -308,6 +308,7 @@ def paced_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say: Say
     shared = stack.start_service(
         "shared",
         workers=2,
+        PROMETHEUS_MULTIPROC_DIR=_metrics_dir(stack, "shared"),  # /metrics adds up both workers
         METERAPI_RATE_LIMIT=f"{SHARED_LIMIT}/second",
         METERAPI_REDIS_URL=redis_url,
         **_timeout(args),
@@ -345,6 +346,7 @@ def saturated_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say:
     shared = stack.start_service(
         "saturated",
         workers=2,
+        PROMETHEUS_MULTIPROC_DIR=_metrics_dir(stack, "saturated"),  # /metrics adds up both workers
         METERAPI_RATE_LIMIT=f"{SATURATED_LIMIT}/second",
         METERAPI_REDIS_URL=redis_url,
         **_timeout(args),
@@ -365,6 +367,14 @@ def saturated_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say:
 
 
 Say = Callable[[str], None]
+
+
+def _metrics_dir(stack: Stack, name: str) -> str:
+    """A directory where the workers of a service share their metrics (as ``meterapi serve``
+    makes one), so that ``unchecked`` counts every worker's."""
+    path = stack.workdir / f"{name}-metrics"
+    path.mkdir()
+    return str(path)
 
 
 def _off(ok: int, quota: int) -> str:
