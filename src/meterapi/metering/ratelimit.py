@@ -14,15 +14,17 @@ can pass across a window's boundary; over any longer span the count holds.
 
 Storage: the ``limits`` package's memory storage without ``METERAPI_REDIS_URL`` (each process
 counts alone); with it, one count per key in Redis, shared by every process. A Redis round trip
-costs the client about ten times what the rest of a call's check does, so a process sends its
-calls in batches: the calls of a key that arrive while a round trip is under way wait for the
-next one, which carries, for every key, one ``INCRBY`` of how many came (after a ``SET NX EX``
-that starts the window's counter with its expiry), all in one pipeline. A batch of ``n`` calls
-that brings the count to ``c`` takes the places ``c - n + 1 … c`` in the order the calls came:
-the same answers as ``n`` increments one after the other. At most one pipeline is in flight.
+costs the client several times what the rest of a call's check does, so a process sends its
+calls in batches, one round trip in flight at a time: the calls that arrive while one is under
+way wait for the next, which carries, for every key, one increment of how many came. A batch of
+``n`` calls of a key that brings its count to ``c`` takes the places ``c - n + 1 … c`` in the
+order the calls came: the same answers as ``n`` increments one after the other. The round trip
+is one script call, ``ADD_SCRIPT``: the package's own increment looped over the batch's keys (one
+reply to parse per round trip, not one per key: measured in docs/limits.md).
 
-Redis failing never fails a request, and a request waits for it ``timeout_s`` at most (plus the
-few turns of its own event loop a reply needs to be read):
+Redis failing never fails a request, and a request waits for it ``timeout_s`` at most from when
+its batch opened (plus the few turns of the event loop a reply needs to be read; one timer per
+batch):
 
 - a *late* reply is not a failure (a saturated process's own event loop is slower than Redis):
   the call goes on and its count still lands in Redis. The call is let through (reason
