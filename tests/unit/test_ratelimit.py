@@ -254,3 +254,16 @@ async def test_a_call_given_up_by_its_client_leaves_its_batch_alone() -> None:
     first, _, third = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(first, Verdict) and isinstance(third, Verdict)
     assert (first.remaining, third.remaining) == (4, 2)  # the cancelled call kept its place
+
+
+async def test_the_process_own_counts_of_ended_windows_are_forgotten() -> None:
+    now = [NOW]
+    limiter = RateLimiter(redis_url=None, clock=lambda: now[0])
+    for i in range(3):
+        assert (await limiter.hit(parse("1/second"), f"k{i}")).allowed
+    assert not (await limiter.hit(parse("1/second"), "k0")).allowed
+    await limiter.hit(parse("1/day"), "k0")
+    assert len(limiter._local) == 4
+    now[0] += 1.0
+    assert (await limiter.hit(parse("1/second"), "k0")).allowed  # a new window, a new count
+    assert len(limiter._local) == 2  # the day's count, and the new second's

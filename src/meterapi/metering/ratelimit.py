@@ -12,9 +12,11 @@ and the moving window need a second round trip for the remaining count, which me
 twice the CPU per request (docs/limits.md). The price of the fixed window: up to twice the quota
 can pass across a window's boundary; over any longer span the count holds.
 
-Storage: the ``limits`` package's memory storage without ``METERAPI_REDIS_URL`` (each process
-counts alone); with it, one count per key in Redis, shared by every process. A Redis round trip
-costs the client several times what the rest of a call's check does, so a process sends its
+Storage: without ``METERAPI_REDIS_URL``, a dict of the process's own (each process counts
+alone; a plain increment with no await: ``hit`` measured 2.5 µs against 3.8 µs through the
+``limits`` package's async memory storage, in a loop of calls on one process); with it,
+one count per key in Redis, shared by every process. A Redis round trip costs the client
+several times what the rest of a call's check does, so a process sends its
 calls in batches, one round trip in flight at a time: the calls that arrive while one is under
 way wait for the next, which carries, for every key, one increment of how many came. A batch of
 ``n`` calls of a key that brings its count to ``c`` takes the places ``c - n + 1 … c`` in the
@@ -50,7 +52,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from limits import RateLimitItem
-from limits.aio.storage import MemoryStorage
 from pydantic import SecretStr
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -207,7 +208,8 @@ class RateLimiter:
         self._down_until = -math.inf
         self._down = False
         self._last_log = -math.inf
-        self.memory = MemoryStorage()
+        # Without Redis: the count per counter key (key and window), with the window's end.
+        self._local: dict[str, tuple[int, float]] = {}
         self.counts: SharedCounts | None = None if redis_url is None else RedisCounts(redis_url)
         # The highest count Redis has returned per counter key (key and window), with the
         # window's end: a fixed window's count only grows.
@@ -228,11 +230,12 @@ class RateLimiter:
         ends = (number + 1) * window
         reset_s = max(1, math.ceil(ends - now))
         key = item.key_for("paid", key_id, str(number))
-        if self.counts is None:
-            count = await self.memory.incr(key, window)
-            return self._verdict(item, count, reset_s)
         if now >= self._prune_at:
             self._prune(now)
+        if self.counts is None:  # a counter of this process's own: no await, no lock
+            count = self._local.get(key, _UNSEEN)[0] + 1
+            self._local[key] = (count, ends)
+            return self._verdict(item, count, reset_s)
         if self.monotonic() < self._down_until:
             return self._unlimited(item, reset_s, "backoff")
         known = self._seen.get(key, _UNSEEN)[0]  # what Redis said before this call
@@ -293,6 +296,7 @@ class RateLimiter:
     def _prune(self, now: float) -> None:
         """Forget the counts of windows that have ended (at most once a second)."""
         self._seen = {key: seen for key, seen in self._seen.items() if seen[1] > now}
+        self._local = {key: seen for key, seen in self._local.items() if seen[1] > now}
         self._prune_at = now + PRUNE_EVERY_S
 
     def _late(self, item: RateLimitItem, key: str, known: int, reset_s: int) -> Verdict:
