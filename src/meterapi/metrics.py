@@ -163,8 +163,9 @@ class Metrics:
         )
         self.rate_limit_unchecked = r.counter(
             "meterapi_rate_limit_unchecked_total",
-            "Paid requests let through without a rate-limit count because Redis did not "
-            "answer (timeout, error) or was being left alone after a failure (backoff).",
+            "Paid requests let through without their own rate-limit count: Redis's reply came "
+            "after the timeout (late; the count still lands), Redis failed (error), or was "
+            "being left alone after a failure (backoff).",
             labels=("reason",),
         )
         self.parked_reports = r.gauge(

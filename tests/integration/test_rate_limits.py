@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import stripe
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
@@ -22,7 +25,7 @@ from sqlmodel import func, select
 
 from meterapi import PaidCaller, Usage, create_app
 from meterapi.errors import NotFound
-from meterapi.metering.ratelimit import RateLimiter
+from meterapi.metering.ratelimit import KEY_PREFIX, RateLimiter
 from meterapi.metrics import Metrics
 from meterapi.models import Customer, UsageEvent
 from meterapi.stripe_emulator import EmulatorServer
@@ -218,9 +221,10 @@ async def counted(limiter: RateLimiter, item: RateLimitItem) -> int:
     loaded machine can keep even a private Redis waiting past the timeout now and then)."""
     async with asyncio.timeout(30):
         while True:
-            remaining = (await limiter.hit(item, "key_a")).remaining
-            if remaining is not None:
-                return remaining
+            verdict = await limiter.hit(item, "key_a")
+            if verdict.checked:
+                assert verdict.remaining is not None
+                return verdict.remaining
             await asyncio.sleep(0.1)
 
 
@@ -232,16 +236,19 @@ async def test_a_hung_redis_is_given_up_on_then_limits_return(tmp_path: Path) ->
         )
         await limiter.start()
         item = parse("100/day")
-        assert 0 <= await counted(limiter, item) < 100
+        before = await counted(limiter, item)
+        assert 0 <= before < 100
         assert server.process is not None
-        timeouts = unchecked.value(reason="timeout")
+        late = unchecked.value(reason="late")
         server.process.send_signal(signal.SIGSTOP)  # hung: connected, never answering
         try:
-            assert (await limiter.hit(item, "key_a")).remaining is None  # gave up, went on
+            assert not (await limiter.hit(item, "key_a")).checked  # gave up, went on
         finally:
             server.process.send_signal(signal.SIGCONT)
-        assert unchecked.value(reason="timeout") == timeouts + 1
-        await asyncio.sleep(0.1)  # past the backoff
+        assert unchecked.value(reason="late") == late + 1
+        await asyncio.sleep(0.1)  # the late call ends: it was late, not a failure
+        assert await counted(limiter, item) <= before - 2  # the late call's count landed too
+        assert unchecked.value(reason="backoff") == 0
         errors = unchecked.value(reason="error")
         server.kill()
         assert (await limiter.hit(item, "key_a")).remaining is None  # failed open
@@ -251,6 +258,31 @@ async def test_a_hung_redis_is_given_up_on_then_limits_return(tmp_path: Path) ->
         # Counted again, from a fresh count (a call given up on may have taken a place too).
         assert 90 <= await counted(limiter, item) < 100
         await limiter.close()
+
+
+async def test_calls_sent_together_take_distinct_places_in_redis() -> None:
+    url = shared_redis_url()
+    limiter = RateLimiter(redis_url=SecretStr(url), timeout_s=1.0)  # about counting, not time
+    await limiter.start()
+    item = parse("6/day")
+    keys = [f"batch-{uuid.uuid4().hex}" for _ in range(2)]
+    try:
+        verdicts = await asyncio.gather(*(limiter.hit(item, keys[i % 2]) for i in range(16)))
+    finally:
+        await limiter.close()
+    assert all(v.checked for v in verdicts)
+    server = redis.Redis.from_url(url)
+    try:
+        for j, key in enumerate(keys):
+            mine = verdicts[j::2]
+            allowed = sorted(v.remaining or 0 for v in mine if v.allowed)
+            assert allowed == [0, 1, 2, 3, 4, 5]  # each place once
+            assert [v.remaining for v in mine if not v.allowed] == [0, 0]
+            name = f"{KEY_PREFIX}:{item.key_for('paid', key, str(int(time.time() // DAY)))}"
+            assert int(server.get(name) or 0) == 8  # every call counted, refused ones too
+            assert 0 < server.ttl(name) <= DAY  # the window's counter expires
+    finally:
+        server.close()
 
 
 async def test_the_gateway_is_limited_like_any_paid_route(
