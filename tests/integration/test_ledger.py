@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
 from meterapi.db import Sessionmaker, index_scans_only, is_postgres, make_engine
-from meterapi.metering import claim
+from meterapi.metering import claim, ledger
 from meterapi.metering.claim import claim_unreported, make_identifier
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metering.usage import usage_totals
@@ -176,6 +176,30 @@ async def test_sqlite_writers_take_turns_and_a_waiting_writer_gathers(
     assert commits[0] <= 2
     async with sessionmaker() as session:
         assert await session.scalar(select(func.sum(UsageEvent.units))) == 41
+
+
+async def test_a_sqlite_writer_whose_turn_never_comes_commits_without_it(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn held past ``TURN_WAIT_S`` (a stuck or stopped process) does not hold the ledger
+    up for ever: the writer gives the turns up and SQLite's own lock orders the writers."""
+    if is_postgres(ledger_engine):
+        pytest.skip("SQLite's writers take turns")
+    monkeypatch.setattr(ledger, "TURN_WAIT_S", 0.5)
+    customer_id = await add_customer(sessionmaker)
+    recorder = UsageRecorder(ledger_engine)
+    recorder.start()
+    with other_writers_turn(ledger_engine):
+        async with asyncio.timeout(10):
+            await recorder.record(
+                customer_id=customer_id, api_key_id="k", route="/v1/data", units=2
+            )
+            await recorder.record(
+                customer_id=customer_id, api_key_id="k", route="/v1/data", units=3
+            )
+    await recorder.stop()
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.sum(UsageEvent.units))) == 5
 
 
 async def test_sqlite_writers_of_two_recorders_share_one_file(

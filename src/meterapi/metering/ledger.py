@@ -50,7 +50,7 @@ try:
 except ImportError:  # not POSIX: no writer turns (WriterTurns)
     fcntl = None  # type: ignore[assignment]
 
-from meterapi.db import is_postgres
+from meterapi.db import SQLITE_BUSY_TIMEOUT_MS, is_postgres
 from meterapi.models import UsageEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ POSTGRES_LANES = 2
 
 # How long a lane may hold a batch open while rows keep arriving (see UsageRecorder._gather).
 GATHER_S = 0.002
+
+# How long a SQLite writer waits for its turn (WriterTurns) before giving the turns up.
+TURN_WAIT_S = SQLITE_BUSY_TIMEOUT_MS / 1000
 
 # usage_event.units is a 32-bit integer column.
 MAX_ROW_UNITS = 2**31 - 1
@@ -261,7 +264,14 @@ class WriterTurns:
             return
         waiting = asyncio.get_running_loop().run_in_executor(None, _wait_for_lock, fd)
         try:
-            await asyncio.shield(waiting)
+            async with asyncio.timeout(TURN_WAIT_S):
+                await asyncio.shield(waiting)
+        except TimeoutError:
+            # A writer that holds its turn this long is stuck (or its process stopped): from
+            # now on SQLite's own lock, with its busy timeout, orders the writers alone.
+            log.warning("ledger writers' turns given up: a turn lasted over %.0f s", TURN_WAIT_S)
+            self._broken = True
+            waiting.add_done_callback(self._release_if_taken)
         except asyncio.CancelledError:
             # The thread may still take the lock: give it back when it does.
             waiting.add_done_callback(self._release_if_taken)
@@ -273,8 +283,11 @@ class WriterTurns:
         return self._fd
 
     def _release_if_taken(self, waiting: asyncio.Future[None]) -> None:
-        if not waiting.cancelled() and waiting.exception() is None:
-            self.release()
+        # After close() the descriptor is gone, and the lock with it.
+        if waiting.cancelled() or waiting.exception() is not None or self._fd is None:
+            return
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def release(self) -> None:
         if self._fd is not None and not self._broken and fcntl is not None:
