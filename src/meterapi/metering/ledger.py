@@ -22,8 +22,9 @@ a failed batch is never retried (it may have committed before the connection bro
 
 Two writers may commit at once on PostgreSQL: a request that arrives while one batch commits need
 not wait for that commit to end before its own begins, and the event loop is not left idle while
-every caller waits on the database. SQLite has one writer, so there it is one at a time. Batches
-are independent (each row stands alone), so their commit order does not matter.
+every caller waits on the database. SQLite has one writer, so there it is one at a time, and the
+writers of the service's worker processes take turns (``WriterTurns``). Batches are independent
+(each row stands alone), so their commit order does not matter.
 
 A batch writes one row per customer, key, route and UTC minute, holding the units of every
 response in it that shares them: the rows the reporter later claims are fewer by the same factor,
