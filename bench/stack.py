@@ -292,9 +292,14 @@ class Stack:
         port = port or free_port()
         argv = [
             sys.executable, "-m", "uvicorn", app, "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--host", "127.0.0.1", "--port", str(port),
             "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "20",
         ]  # fmt: skip
+        if workers > 1:  # as `meterapi serve --workers N` runs them (meterapi.cli.workers)
+            argv = [
+                sys.executable, "-m", "bench.workers", app,
+                "--port", str(port), "--workers", str(workers),
+            ]  # fmt: skip
         proc = self.spawn(name, argv, port=port, env=self.service_env(**env))
         proc.wait_http("/readyz")
         return proc
@@ -416,6 +421,27 @@ async def ledger_units(database_url: str, stripe_customer_id: str) -> Ledger:
                 ).all()
             )
         return Ledger(int(units), by_status.get("pending", 0), by_status.get("parked", 0))
+    finally:
+        await engine.dispose()
+
+
+async def ledger_rows(database_url: str, stripe_customer_id: str) -> int:
+    """How many ``usage_event`` rows the customer has: for a customer whose load uses one key
+    and one route, the ledger's committed batches (one row each, two across a minute)."""
+    engine = make_engine(database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            customer_id = (
+                await session.exec(
+                    select(Customer.id).where(Customer.stripe_customer_id == stripe_customer_id)
+                )
+            ).one()
+            rows = (
+                await session.exec(
+                    select(func.count()).where(UsageEvent.customer_id == customer_id)
+                )
+            ).one()
+        return int(rows)
     finally:
         await engine.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,11 +11,13 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from meterapi.app import create_app
-from meterapi.db import make_engine, make_sessionmaker, session_scope
+from meterapi.db import is_postgres, make_engine, make_sessionmaker, session_scope
 from meterapi.keys import invalidation
+from meterapi.keys.cache import KeyCache
 from meterapi.models import CacheRevision, Customer, ProcessHeartbeat
 from tests.conftest import make_settings
 from tests.integration import internals
@@ -207,3 +210,25 @@ async def _revision(db_url: str) -> int:
             return int(result.scalar_one())
     finally:
         await engine.dispose()
+
+
+async def test_a_sqlite_check_in_reads_without_the_write_lock(db_url: str) -> None:
+    """Every process checks in every 50 ms on SQLite: the read must not take the file's write
+    lock (transactions begin IMMEDIATE), which the ledger's writers need. With another writer
+    holding it, a check-in with no heartbeat due still completes at once."""
+    if is_postgres(db_url):
+        pytest.skip("SQLite's polled check-in; PostgreSQL listens")
+    invalidator = invalidation.Invalidator(KeyCache(), database_url=db_url, beat_s=60.0)
+    await invalidator.check_in()  # the first one writes this process's heartbeat
+    database = make_url(db_url).database
+    assert database is not None
+    writer = sqlite3.connect(database, isolation_level=None, timeout=10)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process's writer, mid-transaction
+        async with asyncio.timeout(2):
+            await invalidator.check_in()
+            await invalidator.check_in()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        await invalidator.stop()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import fcntl
+import os
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -12,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
 from meterapi.db import Sessionmaker, index_scans_only, is_postgres, make_engine
-from meterapi.metering import claim
+from meterapi.metering import claim, ledger
 from meterapi.metering.claim import claim_unreported, make_identifier
 from meterapi.metering.ledger import LedgerUnavailable, UsageRecorder
 from meterapi.metering.usage import usage_totals
@@ -129,6 +132,100 @@ async def test_record_refused_when_not_running(
     recorder = UsageRecorder(ledger_engine)
     with pytest.raises(LedgerUnavailable):
         await recorder.record(customer_id=1, api_key_id="k", route="/v1/data", units=1)
+
+
+@contextmanager
+def other_writers_turn(ledger_engine: AsyncEngine) -> Iterator[None]:
+    """Hold the ledger writers' lock on this SQLite file, as another process's writer would."""
+    database = ledger_engine.url.database
+    assert database is not None
+    fd = os.open(f"{database}-ledger.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+async def test_sqlite_writers_take_turns_and_a_waiting_writer_gathers(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
+    if is_postgres(ledger_engine):
+        pytest.skip("SQLite's writers take turns; PostgreSQL commits concurrently")
+    customer_id = await add_customer(sessionmaker)
+    commits = [0]
+    recorder = UsageRecorder(
+        ledger_engine, on_commit=lambda: commits.__setitem__(0, commits[0] + 1)
+    )
+    recorder.start()
+
+    def one() -> Awaitable[None]:
+        return recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=1)
+
+    with other_writers_turn(ledger_engine):
+        first = asyncio.ensure_future(one())
+        await asyncio.sleep(0.3)
+        later = [asyncio.ensure_future(one()) for _ in range(40)]
+        await asyncio.sleep(0.3)
+        # Nothing commits while another writer has its turn...
+        assert not first.done() and not any(r.done() for r in later)
+        assert commits == [0]
+    # ...and once it ends, the rows that waited commit together.
+    await asyncio.wait_for(asyncio.gather(first, *later), timeout=30)
+    await recorder.stop()
+    assert commits[0] <= 2
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.sum(UsageEvent.units))) == 41
+
+
+async def test_a_sqlite_writer_whose_turn_never_comes_commits_without_it(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn held past ``TURN_WAIT_S`` (a stuck or stopped process) does not hold the ledger
+    up for ever: the writer gives the turns up and SQLite's own lock orders the writers."""
+    if is_postgres(ledger_engine):
+        pytest.skip("SQLite's writers take turns")
+    monkeypatch.setattr(ledger, "TURN_WAIT_S", 0.5)
+    customer_id = await add_customer(sessionmaker)
+    recorder = UsageRecorder(ledger_engine)
+    recorder.start()
+    with other_writers_turn(ledger_engine):
+        async with asyncio.timeout(10):
+            await recorder.record(
+                customer_id=customer_id, api_key_id="k", route="/v1/data", units=2
+            )
+            await recorder.record(
+                customer_id=customer_id, api_key_id="k", route="/v1/data", units=3
+            )
+    await recorder.stop()
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.sum(UsageEvent.units))) == 5
+
+
+async def test_sqlite_writers_of_two_recorders_share_one_file(
+    sessionmaker: Sessionmaker, db_url: str
+) -> None:
+    """Two recorders on one file (as two worker processes have) commit everything, in turns."""
+    customer_id = await add_customer(sessionmaker)
+    engines = [make_engine(db_url), make_engine(db_url)]
+    recorders = [UsageRecorder(engine) for engine in engines]
+    try:
+        for recorder in recorders:
+            recorder.start()
+        await asyncio.gather(
+            *(
+                recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=1)
+                for _ in range(200)
+                for recorder in recorders
+            )
+        )
+        for recorder in recorders:
+            await recorder.stop()
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.sum(UsageEvent.units))) == 400
 
 
 async def test_claim_groups_per_customer_and_minute(sessionmaker: Sessionmaker) -> None:

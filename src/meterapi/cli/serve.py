@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from meterapi import emulator_mode, migrations
 from meterapi.app import create_app
+from meterapi.cli.workers import serve_workers
 from meterapi.config import ConfigError, Settings
 from meterapi.metrics import MULTIPROCESS_DIR_ENV, multiprocess_dir
 
@@ -143,26 +144,29 @@ def _tune_gc() -> None:
 def _run_uvicorn(args: argparse.Namespace) -> None:
     import uvicorn  # the server is only needed by this command
 
-    uvicorn.run(
-        SERVED_APP,  # imported in each worker process
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
+    options: dict[str, Any] = {
+        "factory": True,
         # X-Forwarded-* are believed by the app, from METERAPI_TRUSTED_PROXIES only; uvicorn's
         # own handling would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS) whatever the setting.
-        proxy_headers=False,
-        log_level="info",
+        "proxy_headers": False,
+        "log_level": "info",
         # Our own access log (meterapi.access) replaces uvicorn's, which writes URLs as
         # received, keys and Checkout Session ids in query strings included.
-        access_log=False,
-        log_config=_log_config(),
-        timeout_graceful_shutdown=20,
+        "access_log": False,
+        "log_config": _log_config(),
+        "timeout_graceful_shutdown": 20,
         # A worker imports the whole service before it answers uvicorn's health check; on a
         # loaded machine that takes longer than uvicorn's 5 s, and the worker is killed and
         # restarted for ever.
-        timeout_worker_healthcheck=WORKER_STARTUP_TIMEOUT_S,
-    )
+        "timeout_worker_healthcheck": WORKER_STARTUP_TIMEOUT_S,
+    }
+    if args.workers > 1:
+        # Each worker accepts on its own socket, so connections are spread across them.
+        serve_workers(
+            SERVED_APP, host=args.host, port=args.port, workers=args.workers, **options
+        )  # imported in each worker process
+    else:
+        uvicorn.run(SERVED_APP, host=args.host, port=args.port, **options)
 
 
 def _log_config() -> dict[str, Any]:
