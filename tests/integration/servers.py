@@ -48,9 +48,19 @@ def meterapi(
     )
 
 
+# Long enough for one report to meet every fault a test injects (seven, in the worst case) and
+# wait out the reporter's backoff after each: 1 + 2 + 4 + … + 64 s at the most.
+FLUSH_TIMEOUT_S = 150
+
+
 async def flush_usage(env: dict[str, str]) -> None:
     """``meterapi usage flush``, as an operator runs it: everything pending reaches Stripe."""
-    done = await asyncio.to_thread(meterapi, env, "usage", "flush", "--timeout", "30")
+    done = await asyncio.to_thread(
+        meterapi,
+        env,
+        *("usage", "flush", "--timeout", str(FLUSH_TIMEOUT_S)),
+        timeout_s=FLUSH_TIMEOUT_S + 30,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
