@@ -48,7 +48,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from limits import RateLimitItem
@@ -141,30 +141,44 @@ FAILED = -2  # ... when the round trip failed
 class _Batch:
     """Calls of one key counted together: one increment of ``size``, one outcome: Redis's count
     after the increment, or ``LATE`` ``timeout_s`` (and a few turns) after the batch opened, or
-    ``FAILED``. One timer per batch, not one per call."""
+    ``FAILED``. One timer per batch, not one per call; a future per waiting call, so that a call
+    cancelled (its client gone) cancels nothing but its own wait."""
 
     window: int
     ends: float
-    outcome: asyncio.Future[int]
+    loop: asyncio.AbstractEventLoop
+    waiters: list[asyncio.Future[int]] = field(default_factory=list)
+    outcome: int | None = None
     timer: asyncio.TimerHandle | None = None
     size: int = 0
 
+    def wait(self) -> asyncio.Future[int]:
+        waiter = self.loop.create_future()
+        if self.outcome is None:
+            self.waiters.append(waiter)
+        else:  # already late, and not sent yet: so is this call
+            waiter.set_result(self.outcome)
+        return waiter
+
     def decide(self, outcome: int) -> None:
-        if not self.outcome.done():
-            self.outcome.set_result(outcome)
+        if self.outcome is None:
+            self.outcome = outcome
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
         if self.timer is not None:
             self.timer.cancel()
 
 
-def _give_up(outcome: asyncio.Future[int], turns: int) -> None:
+def _give_up(batch: _Batch, turns: int) -> None:
     """A busy event loop runs a timer in the same turn as it reads the reply, and sets the
     outcome a turn or two later: give it those turns before calling the batch late."""
-    if outcome.done():
+    if batch.outcome is not None:
         return
     if turns > 0:
-        outcome.get_loop().call_soon(_give_up, outcome, turns - 1)
+        batch.loop.call_soon(_give_up, batch, turns - 1)
     else:
-        outcome.set_result(LATE)
+        batch.decide(LATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,14 +256,13 @@ class RateLimiter:
         batch = self._open.get(key)
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = self._open[key] = _Batch(window, ends, loop.create_future())
-            batch.timer = loop.call_later(self.timeout_s, _give_up, batch.outcome, GRACE_TURNS)
+            batch = self._open[key] = _Batch(window, ends, loop)
+            batch.timer = loop.call_later(self.timeout_s, _give_up, batch, GRACE_TURNS)
         place = batch.size
         batch.size += 1
         if self._sender is None:
             self._sender = asyncio.ensure_future(self._send(self.counts))
-        # Shielded: a request cancelled (its client gone) must not decide for the batch.
-        count = await asyncio.shield(batch.outcome)
+        count = await batch.wait()
         if count == LATE:
             # Late, which is not Redis failing: its count lands in Redis all the same. If Redis
             # had put the key at its quota before this call, its count is over: refused.
