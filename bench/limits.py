@@ -302,17 +302,24 @@ def _redis_work(server: redis.Redis) -> tuple[float, float]:
     return trips, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
-def paced_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say: Say) -> None:
-    """Part 3: two workers, one key sending SEND_FACTOR times its quota, paced."""
-    say(f"3. two workers sharing Redis: {SHARED_LIMIT}/second, sent {SEND_FACTOR}x for 13 s")
-    shared = stack.start_service(
-        "shared",
+def _two_workers(
+    stack: Stack, name: str, per_second: int, redis_url: str, args: argparse.Namespace
+) -> Proc:
+    """``meterapi serve --workers 2`` sharing Redis, with a limit of ``per_second`` per key."""
+    return stack.start_service(
+        name,
         workers=2,
-        PROMETHEUS_MULTIPROC_DIR=_metrics_dir(stack, "shared"),  # /metrics adds up both workers
-        METERAPI_RATE_LIMIT=f"{SHARED_LIMIT}/second",
+        PROMETHEUS_MULTIPROC_DIR=_metrics_dir(stack, name),  # /metrics adds up both workers
+        METERAPI_RATE_LIMIT=f"{per_second}/second",
         METERAPI_REDIS_URL=redis_url,
         **_timeout(args),
     )
+
+
+def paced_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say: Say) -> None:
+    """Part 3: two workers, one key sending SEND_FACTOR times its quota, paced."""
+    say(f"3. two workers sharing Redis: {SHARED_LIMIT}/second, sent {SEND_FACTOR}x for 13 s")
+    shared = _two_workers(stack, "shared", SHARED_LIMIT, redis_url, args)
     for round_ in range(args.rounds):
         _, key = stack.seed_customer(f"shared-{round_}")
         answers = asyncio.run(paced(shared.url, key, rate=SHARED_LIMIT * SEND_FACTOR, seconds=13.0))
@@ -343,14 +350,7 @@ def saturated_quota(stack: Stack, redis_url: str, args: argparse.Namespace, say:
     The run starts 0.3 s into a clock second and lasts 9 s: it touches 10 windows, each of
     which the saturating client fills, so the 2xx should be 10 quotas."""
     say(f"4. two workers sharing Redis at saturation: {SATURATED_LIMIT}/second, wrk")
-    shared = stack.start_service(
-        "saturated",
-        workers=2,
-        PROMETHEUS_MULTIPROC_DIR=_metrics_dir(stack, "saturated"),  # /metrics adds up both workers
-        METERAPI_RATE_LIMIT=f"{SATURATED_LIMIT}/second",
-        METERAPI_REDIS_URL=redis_url,
-        **_timeout(args),
-    )
+    shared = _two_workers(stack, "saturated", SATURATED_LIMIT, redis_url, args)
     _, key = stack.seed_customer("saturated")
     common = {"connections": args.connections, "tool": _tool()}
     saturate([shared.port], "/v1/data", key=key, seconds=2.0, **common)

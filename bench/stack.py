@@ -26,6 +26,7 @@ import httpx
 import stripe
 from sqlalchemy import func
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bench.cpu import postgres_backends
 from meterapi.db import make_engine, make_sessionmaker, session_scope
@@ -394,16 +395,17 @@ class Ledger:
     reports_parked: int
 
 
+async def _customer_pk(session: AsyncSession, stripe_customer_id: str) -> int | None:
+    found = select(Customer.id).where(Customer.stripe_customer_id == stripe_customer_id)
+    return (await session.exec(found)).one()
+
+
 async def ledger_units(database_url: str, stripe_customer_id: str) -> Ledger:
     """The customer's units in our ledger, and the reports not (yet) acknowledged by Stripe."""
     engine = make_engine(database_url)
     try:
         async with make_sessionmaker(engine)() as session:
-            customer_id = (
-                await session.exec(
-                    select(Customer.id).where(Customer.stripe_customer_id == stripe_customer_id)
-                )
-            ).one()
+            customer_id = await _customer_pk(session, stripe_customer_id)
             units = (
                 await session.exec(
                     select(func.coalesce(func.sum(UsageEvent.units), 0)).where(
@@ -431,11 +433,7 @@ async def ledger_rows(database_url: str, stripe_customer_id: str) -> int:
     engine = make_engine(database_url)
     try:
         async with make_sessionmaker(engine)() as session:
-            customer_id = (
-                await session.exec(
-                    select(Customer.id).where(Customer.stripe_customer_id == stripe_customer_id)
-                )
-            ).one()
+            customer_id = await _customer_pk(session, stripe_customer_id)
             rows = (
                 await session.exec(
                     select(func.count()).where(UsageEvent.customer_id == customer_id)
