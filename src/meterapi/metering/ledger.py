@@ -160,17 +160,11 @@ class UsageRecorder:
         try:
             while self._queue:
                 await self._gather()
-                if self._turns is None:
+                # With turns, the rows that arrive while another process's writer commits join
+                # the batch: it is taken once the turn is this writer's.
+                async with self._turns or contextlib.nullcontext():
                     batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                     await self._commit(batch)
-                    continue
-                # The rows that arrive while another process's writer commits join the batch.
-                await self._turns.acquire()
-                try:
-                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                    await self._commit(batch)
-                finally:
-                    self._turns.release()
         finally:
             # No await between the last look at the queue and this: a row queued after it
             # finds the lane gone and starts another.
@@ -293,6 +287,12 @@ class WriterTurns:
     def release(self) -> None:
         if self._fd is not None and not self._broken and fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
     def close(self) -> None:
         if self._fd is not None:
