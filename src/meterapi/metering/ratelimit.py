@@ -54,12 +54,10 @@ from typing import Protocol
 from limits import RateLimitItem
 from pydantic import SecretStr
 
-from meterapi.metering.redis_counts import KEY_PREFIX, RedisCounts
+from meterapi.metering.redis_counts import RedisCounts
 from meterapi.metrics import Counter
 
 log = logging.getLogger(__name__)
-
-__all__ = ["KEY_PREFIX", "RateLimiter", "SharedCounts", "Verdict"]
 
 DEFAULT_TIMEOUT_S = 0.005
 DEFAULT_BACKOFF_S = 1.0
