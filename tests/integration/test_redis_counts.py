@@ -80,3 +80,19 @@ async def test_a_server_gone_fails_each_call_and_the_next_reconnects(tmp_path: P
     finally:
         await counts.close()
         server.kill()
+
+
+async def test_a_connection_redis_closed_is_opened_again_before_the_next_call(
+    tmp_path: Path,
+) -> None:
+    with PrivateRedis(tmp_path / "redis.log") as server:  # a server of its own: it kills clients
+        counts = RedisCounts(SecretStr(server.url))
+        inspect = redis.Redis.from_url(server.url)
+        try:
+            assert await counts.add([("k", 60, 1)]) == [1]
+            assert inspect.client_kill_filter(_type="normal", skipme=True) == 1  # ours
+            await asyncio.sleep(0.1)  # the close reaches the client
+            assert await counts.add([("k", 60, 1)]) == [2]  # no failed call: a new connection
+        finally:
+            inspect.close()
+            await counts.close()

@@ -85,7 +85,14 @@ class _Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        while (reply := self._reader.gets()) is not False:
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError:  # not Redis speaking: nothing more can be trusted
+                self.close()
+                return
+            if reply is False:
+                return
             if not self._waiting:  # a reply nobody asked for: the stream cannot be trusted
                 self.close()
                 return
@@ -134,7 +141,9 @@ class RedisCounts:
             args += (amount, window)
         try:
             async with asyncio.timeout(self.timeout_s):
-                wire = self._wire if self._wire is not None else await self._connect()
+                wire = self._wire
+                if wire is None or wire.closed:
+                    wire = await self._connect()
                 (reply,) = wire.send(command("EVALSHA", ADD_SHA, len(keys), *keys, *args))
                 counts = await reply
                 if isinstance(counts, hiredis.ReplyError) and str(counts).startswith("NOSCRIPT"):
@@ -157,7 +166,8 @@ class RedisCounts:
             raise
 
     async def _connect(self) -> _Wire:
-        if self._wire is not None:
+        """The open connection, or a new one (the last was closed by trouble or by Redis)."""
+        if self._wire is not None and not self._wire.closed:
             return self._wire
         if self._connecting is None:  # calls arriving meanwhile share one connection attempt
             self._connecting = asyncio.ensure_future(self._open())
