@@ -22,10 +22,11 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import redis
+import redis.asyncio
 
 from bench.cpu import CpuMeter, process_tree
 from bench.drive import Result, saturate, wrk_available
@@ -122,13 +123,15 @@ def strategies(redis_url: str) -> dict[str, float]:
 
 def service_limiter(redis_url: str, *, n: int = 8000) -> dict[str, float]:
     """Client CPU µs per ``RateLimiter.hit`` (the service's own, calls batched), 32 in flight,
-    on one key and on 32 keys; and how many calls each Redis round trip carried."""
+    on one key and on 32 keys; how many calls each Redis round trip carried; and the client CPU
+    of one round trip of 12 keys over the limiter's connection and through redis-py's client."""
     from collections.abc import Sequence
 
     from limits import parse
     from pydantic import SecretStr
 
-    from meterapi.metering.ratelimit import RateLimiter, RedisCounts
+    from meterapi.metering.ratelimit import RateLimiter
+    from meterapi.metering.redis_counts import ADD_SCRIPT, RedisCounts
 
     item = parse(NEVER)
 
@@ -157,8 +160,28 @@ def service_limiter(redis_url: str, *, n: int = 8000) -> dict[str, float]:
         await limiter.close()
         return cpu_us, per_trip
 
+    async def round_trip(add: Callable[[], Awaitable[object]], n: int = 2000) -> float:
+        await add()
+        started = time.process_time()
+        for _ in range(n):
+            await add()
+        return (time.process_time() - started) * 1e6 / n
+
     async def run() -> dict[str, float]:
         found: dict[str, float] = {}
+        twelve = [(f"trip-{i}", 60, 1) for i in range(12)]
+        ours = RedisCounts(SecretStr(redis_url))
+        client = redis.asyncio.Redis.from_url(redis_url, max_connections=2)
+        script = client.register_script(ADD_SCRIPT)
+        args = [x for _, window, amount in twelve for x in (amount, window)]
+        keys = [key for key, _, _ in twelve]
+        for name, add in (
+            ("redis-py client", lambda: script(keys=keys, args=args)),
+            ("meterapi's connection", lambda: ours.add(twelve)),
+        ):
+            found[f"one round trip of 12 keys, {name}: client CPU us"] = await round_trip(add)
+        await ours.close()
+        await client.aclose()
         for keys in (1, 32):
             cpu_us, per_trip = await measure(keys)
             found[f"RateLimiter.hit, {keys} key(s): client CPU us"] = cpu_us

@@ -48,13 +48,15 @@ def shared_redis_url() -> str:
 class PrivateRedis:
     """``redis-server`` on a free port, without persistence, for a test that stops it."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             _missing("redis-server is not installed")
         self.binary = binary or "redis-server"
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        secret = "" if password is None else f":{password}@"
+        self.url = f"redis://{secret}127.0.0.1:{self.port}/0"
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -62,7 +64,8 @@ class PrivateRedis:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
+             "--save", "", "--appendonly", "no",
+             *(() if self.password is None else ("--requirepass", self.password))],
             stdout=log, stderr=log,
         )  # fmt: skip
         deadline = time.monotonic() + 10

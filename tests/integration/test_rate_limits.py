@@ -25,7 +25,8 @@ from sqlmodel import func, select
 
 from meterapi import PaidCaller, Usage, create_app
 from meterapi.errors import NotFound
-from meterapi.metering.ratelimit import KEY_PREFIX, RateLimiter
+from meterapi.metering.ratelimit import RateLimiter
+from meterapi.metering.redis_counts import KEY_PREFIX
 from meterapi.metrics import Metrics
 from meterapi.models import Customer, UsageEvent
 from meterapi.stripe_emulator import EmulatorServer

@@ -1,12 +1,15 @@
-"""A cap in minor units as a number of units: the fewest whose rounded spend reaches it."""
+"""A cap in minor units as a number of units: the fewest whose rounded spend reaches it; the
+customer's rate the far-from-the-cap check extrapolates with."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from meterapi.metering.spend import cap_units, margin, spend_of
+from meterapi.metering.spend import Tally, _rate, cap_units, margin, spend_of
+from meterapi.metering.usage import Period, UsageTotals
 
 
 @pytest.mark.parametrize("unit_amount", ["0.5", "1", "3", "0.001", "0.333333", "2.5", "12"])
@@ -31,3 +34,20 @@ def test_rounding_as_an_invoice_line() -> None:
 
 def test_margin_is_a_fifth_of_the_cap_and_at_least_a_hundred_units() -> None:
     assert margin(10) == 100 and margin(1000) == 200 and margin(1999) == 399
+
+
+def test_the_rate_rises_at_once_and_falls_by_half_at_most() -> None:
+    period = Period(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+
+    def read(units: int) -> UsageTotals:
+        return UsageTotals(period, units, 0, [])
+
+    def tally(rate: float | None, at: float, units: int) -> Tally:
+        return Tally(period, units, 0, 0, at, rate, at, units)
+
+    assert _rate(None, read(10), 0.0) == (None, 0.0, 10)  # a first read: not known
+    assert _rate(tally(None, 0.0, 10), read(110), 1.0) == (100.0, 1.0, 110)
+    assert _rate(tally(100.0, 1.0, 110), read(120), 1.2) == (100.0, 1.0, 110)  # too soon
+    assert _rate(tally(100.0, 1.0, 110), read(110), 2.0) == (50.0, 2.0, 110)  # a stall: half
+    assert _rate(tally(50.0, 2.0, 110), read(510), 3.0) == (400.0, 3.0, 510)  # back: at once
+    assert _rate(tally(400.0, 3.0, 510), read(510), 9.0) == (None, 9.0, 510)  # a long pause

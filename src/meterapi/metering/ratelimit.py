@@ -21,8 +21,8 @@ calls in batches, one round trip in flight at a time: the calls that arrive whil
 way wait for the next, which carries, for every key, one increment of how many came. A batch of
 ``n`` calls of a key that brings its count to ``c`` takes the places ``c - n + 1 … c`` in the
 order the calls came: the same answers as ``n`` increments one after the other. The round trip
-is one script call, ``ADD_SCRIPT``: the package's own increment looped over the batch's keys (one
-reply to parse per round trip, not one per key: measured in docs/limits.md).
+is one script call over one connection (``metering.redis_counts``): one reply to parse per round
+trip, not one per key (measured in docs/limits.md).
 
 Redis failing never fails a request, and a request waits for it ``timeout_s`` at most from when
 its batch opened (plus the few turns of the event loop a reply needs to be read; one timer per
@@ -53,19 +53,15 @@ from typing import Protocol
 
 from limits import RateLimitItem
 from pydantic import SecretStr
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from meterapi.metering.redis_counts import RedisCounts
 from meterapi.metrics import Counter
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "meterapi"
 DEFAULT_TIMEOUT_S = 0.005
 DEFAULT_BACKOFF_S = 1.0
 LOG_EVERY_S = 60.0
-POOL_SIZE = 2  # one round trip in flight, and a spare
 BACKGROUND_TIMEOUT_S = 1.0  # a round trip no request waits for any more: Redis is hung
 GRACE_TURNS = 3
 PRUNE_EVERY_S = 1.0
@@ -80,57 +76,6 @@ class SharedCounts(Protocol):
     async def add(self, increments: Sequence[tuple[str, int, int]]) -> list[int]: ...
 
     async def close(self) -> None: ...
-
-
-# The ``limits`` package's own increment (``incr_expire.lua``: increment, and give a new
-# window's counter its expiry), looped over the keys of a batch: one command per round trip.
-# Each reply a client parses costs it more than the rest of a call's check (docs/limits.md).
-ADD_SCRIPT = """
-local counts = {}
-for i, key in ipairs(KEYS) do
-  local amount = tonumber(ARGV[2 * i - 1])
-  local count = redis.call("incrby", key, amount)
-  if count == amount then
-    redis.call("expire", key, ARGV[2 * i])
-  end
-  counts[i] = count
-end
-return counts
-"""
-
-
-class RedisCounts:
-    """The counts in Redis, one script call per batch, under keys prefixed ``meterapi:``."""
-
-    def __init__(self, redis_url: SecretStr) -> None:
-        # A small pool, opened at start; no retries inside the client: a failure is answered
-        # by failing open at once. The timeouts bound calls no request waits for any more.
-        self._pool = BlockingConnectionPool.from_url(
-            redis_url.get_secret_value(),
-            max_connections=POOL_SIZE,
-            timeout=BACKGROUND_TIMEOUT_S,
-            socket_timeout=BACKGROUND_TIMEOUT_S,
-            socket_connect_timeout=BACKGROUND_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._client = Redis(connection_pool=self._pool)
-        self._add = self._client.register_script(ADD_SCRIPT)  # loaded again if Redis forgot it
-
-    async def add(self, increments: Sequence[tuple[str, int, int]]) -> list[int]:
-        keys = [f"{KEY_PREFIX}:{key}" for key, _, _ in increments]
-        args: list[int] = []
-        for _, window, amount in increments:
-            args += (amount, window)
-        counts = await self._add(keys=keys, args=args)
-        return [int(count) for count in counts]
-
-    async def warm(self) -> None:
-        """Connect, and load the script."""
-        await self._add(keys=[f"{KEY_PREFIX}:warm-up"], args=[1, 1])
-
-    async def close(self) -> None:
-        await self._client.aclose()
-        await self._pool.aclose()
 
 
 LATE = -1  # a batch's outcome when Redis's reply did not come in time
@@ -224,7 +169,9 @@ class RateLimiter:
         self._last_log = -math.inf
         # Without Redis: the count per counter key (key and window), with the window's end.
         self._local: dict[str, tuple[int, float]] = {}
-        self.counts: SharedCounts | None = None if redis_url is None else RedisCounts(redis_url)
+        self.counts: SharedCounts | None = (
+            None if redis_url is None else RedisCounts(redis_url, timeout_s=BACKGROUND_TIMEOUT_S)
+        )
         # The highest count Redis has returned per counter key (key and window), with the
         # window's end: a fixed window's count only grows.
         self._seen: dict[str, tuple[int, float]] = {}
@@ -336,14 +283,14 @@ class RateLimiter:
         return Verdict(True, item.amount, item.get_expiry(), None, reset_s, checked=False)
 
     async def start(self, *, settle_s: float = 2.0) -> None:
-        """Open the pool's connections and load the script before the first request (bounded
-        by ``settle_s``): that takes round trips a request's ``timeout_s`` is not meant for.
-        Redis being down delays nothing."""
+        """Connect and load the script before the first request (bounded by ``settle_s``): that
+        takes round trips a request's ``timeout_s`` is not meant for. Redis being down delays
+        nothing."""
         if not isinstance(self.counts, RedisCounts):
             return
         try:
             async with asyncio.timeout(settle_s):
-                await asyncio.gather(*(self.counts.warm() for _ in range(POOL_SIZE)))
+                await self.counts.warm()
         except Exception as exc:
             self._log(f"rate limits: Redis unavailable at start ({type(exc).__name__})")
 

@@ -274,10 +274,17 @@ def _rate(
 ) -> tuple[float | None, float, int]:
     """The customer's rate (units per second, every process's) and the read it is measured from:
     measured again once RATE_WINDOW_S has passed since that read; None (not known) for a new
-    period, a first read, or after a pause long enough that the old figure says nothing."""
+    period, a first read, or after a pause long enough that the old figure says nothing.
+
+    It rises at once and falls by at most half per measurement: a stall (a slow moment of the
+    machine, a client pausing) measured as a low rate must not leave the far-from-the-cap check
+    extrapolating too little when the customer's calls come back at their earlier pace."""
     if kept is None or kept.period != totals.period or started - kept.base_at > RATE_STALE_S:
         return None, started, totals.units
     elapsed = started - kept.base_at
     if elapsed < RATE_WINDOW_S:
         return kept.rate, kept.base_at, kept.base_units
-    return max(0, totals.units - kept.base_units) / elapsed, started, totals.units
+    measured = max(0, totals.units - kept.base_units) / elapsed
+    if kept.rate is not None:
+        measured = max(measured, kept.rate / 2)
+    return measured, started, totals.units
