@@ -49,7 +49,7 @@ async def test_every_dashboard_asset_is_served(client: httpx.AsyncClient, name: 
 @pytest.mark.parametrize(
     "path",
     [
-        "/dashboard/assets/index.html",
+        "/dashboard/assets/frame.html",
         "/dashboard/assets/..%2Fpages.py",
         "/dashboard/assets/../pages.py",
         "/dashboard/assets/nope.js",

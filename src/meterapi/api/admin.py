@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.api.bodies import RequestBody
 from meterapi.api.customer_limits import LimitsOut, SpendCapIn, price_known, read_limits
 from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
 from meterapi.api.keys import KeyIdPath, KeyPublic
@@ -92,14 +93,12 @@ class CustomerDetail(CustomerSummary):
     limits: OperatorLimitsOut
 
 
-class LimitsUpdate(BaseModel):
+class LimitsUpdate(RequestBody):
     """Omit a field to leave it as is.
 
     ``rate_limit``: a rate, null for none at all, or ``"default"`` for ``METERAPI_RATE_LIMIT``.
     ``monthly_spend_cap``: an amount, or null for none.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     rate_limit: str | None = Field(
         default=None,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from meterapi.api.bodies import RequestBody
 from meterapi.api.deps import (
     CustomerDep,
     GatewayDep,
@@ -25,9 +26,7 @@ from meterapi.models import Customer
 router = APIRouter(prefix="/v1", tags=["billing"])
 
 
-class CheckoutCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CheckoutCreate(RequestBody):
     email: str | None = Field(
         default=None,
         max_length=320,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from meterapi.api.bodies import RequestBody
 from meterapi.api.deps import (
     GatewayDep,
     KeyPolicyDep,
@@ -19,9 +20,7 @@ from meterapi.billing.claim import claim_first_key
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-class KeyClaim(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class KeyClaim(RequestBody):
     # Stripe ids are letters, digits and underscores; anything else cannot name a session.
     checkout_session_id: str = Field(
         min_length=1,

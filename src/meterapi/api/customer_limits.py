@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Self
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from meterapi.api.bodies import RequestBody
 from meterapi.api.deps import CustomerDep, CustomerReadDep, RuntimeDep, SessionDep
 from meterapi.api.responses import KEY_REFUSED, KEY_ROTATED, responses
 from meterapi.errors import NotFound
@@ -75,9 +76,7 @@ class CustomerLimitsOut(LimitsOut):
     )
 
 
-class SpendCapIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SpendCapIn(RequestBody):
     # Strict: true, 12.5 and "100" are mistakes to report, not amounts to guess at.
     amount: StrictInt = Field(
         ge=0,
@@ -88,10 +87,8 @@ class SpendCapIn(BaseModel):
     )
 
 
-class LimitsPut(BaseModel):
+class LimitsPut(RequestBody):
     """The whole of what a customer may change: their monthly spend cap."""
-
-    model_config = ConfigDict(extra="forbid")
 
     monthly_spend_cap: SpendCapIn | None = Field(
         description="The new cap, or null for no cap. Required: send null to clear it."

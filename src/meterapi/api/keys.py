@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from meterapi.api.bodies import RequestBody
 from meterapi.api.deps import (
     CustomerDep,
     CustomerReadDep,
@@ -69,9 +70,7 @@ class KeyCreated(BaseModel):
         return cls(api_key=plaintext, key=KeyPublic.model_validate(key))
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class KeyCreate(RequestBody):
     # No control characters: PostgreSQL refuses NUL in text, and none belongs in a label.
     name: str = Field(
         default="default", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"
@@ -94,9 +93,7 @@ class KeyCreate(BaseModel):
             raise ValueError("expires_at is out of range") from None
 
 
-class KeyRotate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class KeyRotate(RequestBody):
     grace_seconds: int = Field(
         default=service.DEFAULT_GRACE_SECONDS,
         ge=0,

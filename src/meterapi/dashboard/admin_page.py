@@ -12,12 +12,20 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from meterapi.dashboard.assets import serve_listed
-from meterapi.dashboard.pages import STATIC, html_page
+from meterapi.dashboard.pages import STATIC, Page, html_page
 
 ASSETS = {
     "admin.css": "text/css; charset=utf-8",
     "admin.js": "text/javascript; charset=utf-8",
 }
+
+ADMIN = Page(
+    main="admin.html",
+    title="Operator",
+    subtitle="operator",
+    nav_label="Operator",
+    assets=("/admin/assets/admin.css", "/admin/assets/admin.js"),
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -25,7 +33,7 @@ router = APIRouter(include_in_schema=False)
 @router.get("/admin")
 async def admin_page() -> Response:
     """Customers, keys, limits, parked reports, failed Stripe events, reconciliation."""
-    return html_page("admin.html")
+    return html_page(ADMIN)
 
 
 @router.get("/admin/assets/{name}")

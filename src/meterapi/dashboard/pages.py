@@ -1,16 +1,22 @@
 """``GET /dashboard``: one static page and its plain JS and CSS, no build step.
 
-The page talks to the public API (CONTRACT §3) with the customer's key from ``sessionStorage``;
+Every page is ``static/frame.html`` (the head, the top bar, the notice) around the page's own
+``<main>`` content, put together once per process: a fix to the frame reaches every page. The page
+talks to the public API (CONTRACT §3) with the customer's key from ``sessionStorage``;
 the server holds no dashboard state. The headers keep the page's data on the page: no caching,
 no referrer (a Checkout ``session_id`` may be in the URL), scripts and connections to this origin.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+from html import escape
 from pathlib import Path
+from string import Template
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from meterapi.dashboard.assets import serve_listed
 
@@ -49,16 +55,55 @@ PAGE_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
-def html_page(name: str) -> Response:
-    """One of the static HTML pages, with the headers every page carries."""
-    return FileResponse(STATIC / name, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+@dataclass(frozen=True)
+class Page:
+    """An HTML page: what fills ``frame.html``'s slots."""
+
+    main: str  # the file under static/ that holds the page's <main> content
+    title: str
+    subtitle: str  # beside "meterapi" in the top bar
+    nav_label: str  # the top bar's navigation landmark, for screen readers
+    assets: tuple[str, ...]  # the page's own stylesheets (.css) and module scripts (.js)
+
+
+def _asset_tag(url: str) -> str:
+    if url.endswith(".css"):
+        return f'  <link rel="stylesheet" href="{escape(url)}">'
+    return f'  <script type="module" src="{escape(url)}"></script>'
+
+
+@cache
+def render(page: Page) -> str:
+    """The page's HTML: its ``<main>`` content inside the frame every page shares."""
+    frame = Template((STATIC / "frame.html").read_text(encoding="utf-8"))
+    return frame.substitute(
+        title=escape(page.title),
+        subtitle=escape(page.subtitle),
+        nav_label=escape(page.nav_label),
+        assets="\n".join(_asset_tag(url) for url in page.assets),
+        main=(STATIC / page.main).read_text(encoding="utf-8").rstrip("\n"),
+    )
+
+
+def html_page(page: Page) -> Response:
+    """A page, with the headers every page carries."""
+    return Response(render(page), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
+DASHBOARD = Page(
+    main="dashboard.html",
+    title="Dashboard",
+    subtitle="dashboard",
+    nav_label="Account",
+    assets=("/dashboard/assets/app.js",),
+)
 
 
 @router.get("/dashboard")
 @router.get("/dashboard/")
 async def dashboard() -> Response:
     """The customer dashboard: subscribe, the new key once, usage, spending limit, keys, billing."""
-    return html_page("index.html")
+    return html_page(DASHBOARD)
 
 
 @router.get("/dashboard/assets/{name}")

@@ -79,19 +79,40 @@ function button(label, onClick, extra = "") {
   return b;
 }
 
-// One row in the table body `body` per item, its cells added by `addCells(row, item)`, after
-// the rows already there when `append`; a table left empty says `emptyText` across its columns.
-function fillRows(body, items, addCells, emptyText, append = false) {
+// A column of a table: its header, its cell's text, and the cell's class (a string, or a function
+// of the row's item). `actions` is the last column's buttons instead of text.
+const column = (header, text, className) => ({ header, text, className });
+const actions = (buttons) => ({ header: "Actions", text: () => "", className: "actions", buttons });
+
+// The header row of a table, from the same columns its rows are filled with.
+function addHeader(table) {
+  const header = $(table.body).closest("table").createTHead().insertRow();
+  for (const { header: text } of table.columns) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = text;
+    header.append(th);
+  }
+}
+
+// One row per item in the table's body, after the rows already there when `append`; `table.row`
+// may mark the row. A table left empty says `table.empty` across its columns.
+function fillRows(table, items, append = false) {
+  const body = $(table.body);
   if (!append) body.replaceChildren();
   for (const item of items) {
     const row = document.createElement("tr");
-    addCells(row, item);
+    if (table.row) table.row(row, item);
+    for (const { text, className, buttons } of table.columns) {
+      const td = cell(row, text(item), typeof className === "function" ? className(item) : className);
+      if (buttons) td.append(...buttons(item));
+    }
     body.append(row);
   }
   if (body.children.length) return;
   const row = document.createElement("tr");
   row.className = "empty-row";
-  cell(row, emptyText).colSpan = body.closest("table").tHead.rows[0].cells.length;
+  cell(row, table.empty).colSpan = table.columns.length;
   body.append(row);
 }
 
@@ -109,6 +130,87 @@ function money(m) {
   }
 }
 
+// -- the tables -------------------------------------------------------------------------------
+
+// Every table of the page: the tbody it fills, its columns, what it says when empty.
+const TABLES = {
+  customers: {
+    body: "customers-body",
+    row: (row, c) => { row.dataset.customer = c.customer_id; },
+    columns: [
+      column("Customer", (c) => c.customer_id, "mono"),
+      column("Email", (c) => c.email),
+      column("Subscription", (c) => c.subscription_status),
+      column("Access", (c) => c.access, (c) => `access-${c.access}`),
+      column("Units this period", (c) => c.units_this_period),
+      column("Active keys", (c) => c.active_keys),
+      actions((c) => [button("Open", () => showCustomer(c.customer_id))]),
+    ],
+    empty: "No customers yet.",
+  },
+  keys: {
+    body: "customer-keys",
+    columns: [
+      column("Name", (k) => k.name),
+      column("Key", (k) => `${k.prefix}…${k.last4}`, "mono"),
+      column("Created", (k) => when(k.created_at)),
+      column("Last used", (k) => when(k.last_used_at)),
+      column("Status", (k) => (k.revoked_at ? "revoked" : (k.expires_at ? `expires ${when(k.expires_at)}` : "active"))),
+      actions((k) => (k.revoked_at ? [] : [button("Revoke", () => revokeKey(openCustomer, k.id), "secondary")])),
+    ],
+    empty: "No keys.",
+  },
+  reports: {
+    body: "reports-body",
+    columns: [
+      column("Id", (r) => r.id),
+      column("Customer", (r) => r.customer_id, "mono"),
+      column("Units", (r) => r.units),
+      column("Identifier", (r) => r.identifier, "mono"),
+      column("Error", (r) => r.last_error, "error-text"),
+      actions((r) => [button("Retry", () => retryReport(r))]),
+    ],
+    empty: "No parked reports.",
+  },
+  events: {
+    body: "events-body",
+    columns: [
+      column("Event", (e) => e.id, "mono"),
+      column("Type", (e) => e.type),
+      column("Attempts", (e) => e.attempts),
+      column("Error", (e) => e.last_error, "error-text"),
+      actions((e) => [button("Replay", () => replayEvent(e))]),
+    ],
+    empty: "No failed events.",
+  },
+  outbound: {
+    body: "outbound-body",
+    columns: [
+      column("Event", (e) => e.id, "mono"),
+      column("Type", (e) => e.type),
+      column("Customer", (e) => e.customer_id, "mono"),
+      column("Status", (e) => e.status, (e) => `outbound-${e.status}`),
+      column("Attempts", (e) => e.attempts),
+      column("Next attempt", (e) => when(e.next_attempt_at)),
+      column("Error", (e) => e.last_error, "error-text"),
+      actions((e) => [button("Retry", () => retryOutbound(e))]),
+    ],
+    empty: "No undelivered events.",
+  },
+  reconcile: {
+    body: "reconcile-body",
+    row: (row, r) => { if (r.drift !== 0) row.className = "drift"; },
+    columns: [
+      column("Customer", (r) => r.customer_id, "mono"),
+      column("Ledger", (r) => r.ledger_units),
+      column("Pending", (r) => r.pending_units),
+      column("Stripe", (r) => r.stripe_units),
+      column("Drift", (r) => (r.drift > 0 ? `+${r.drift}` : r.drift)),
+    ],
+    empty: "No customers.",
+  },
+};
+
 // -- customers --------------------------------------------------------------------------------
 
 let lastCustomer = null;
@@ -118,16 +220,7 @@ async function loadCustomers(append = false) {
   const params = new URLSearchParams({ limit: "20" });
   if (append && lastCustomer) params.set("starting_after", lastCustomer);
   const page = await api("GET", `/admin/v1/customers?${params}`);
-  fillRows($("customers-body"), page.data, (row, c) => {
-    row.dataset.customer = c.customer_id;
-    cell(row, c.customer_id, "mono");
-    cell(row, c.email);
-    cell(row, c.subscription_status);
-    cell(row, c.access, `access-${c.access}`);
-    cell(row, c.units_this_period);
-    cell(row, c.active_keys);
-    cell(row, "", "actions").append(button("Open", () => showCustomer(c.customer_id)));
-  }, "No customers yet.", append);
+  fillRows(TABLES.customers, page.data, append);
   lastCustomer = page.data.length ? page.data[page.data.length - 1].customer_id : lastCustomer;
   $("more-customers").hidden = !page.has_more;
 }
@@ -145,18 +238,7 @@ async function showCustomer(customerId) {
   $("customer-spent").textContent = money(c.limits.spent_this_period);
   $("customer-period").textContent =
     `Billing period ${when(c.usage.period.start)} to ${when(c.usage.period.end)}`;
-  fillRows($("customer-keys"), c.keys, (row, k) => {
-    cell(row, k.name);
-    cell(row, `${k.prefix}…${k.last4}`, "mono");
-    cell(row, when(k.created_at));
-    cell(row, when(k.last_used_at));
-    const status = k.revoked_at ? "revoked" : (k.expires_at ? `expires ${when(k.expires_at)}` : "active");
-    cell(row, status);
-    const actions = cell(row, "", "actions");
-    if (!k.revoked_at) {
-      actions.append(button("Revoke", () => revokeKey(c.customer_id, k.id), "secondary"));
-    }
-  }, "No keys.");
+  fillRows(TABLES.keys, c.keys);
   const limits = c.limits;
   $("limit-rate").value = limits.rate_limit_overridden ? (limits.rate_limit || "none") : "";
   $("limit-rate-default").textContent = limits.rate_limit_overridden
@@ -201,70 +283,44 @@ async function saveLimits(event) {
 
 async function loadReports() {
   const page = await api("GET", "/admin/v1/reports?status=parked&limit=100");
-  fillRows($("reports-body"), page.data, (row, r) => {
-    cell(row, r.id);
-    cell(row, r.customer_id, "mono");
-    cell(row, r.units);
-    cell(row, r.identifier, "mono");
-    cell(row, r.last_error, "error-text");
-    cell(row, "", "actions").append(button("Retry", async () => {
-      await api("POST", `/admin/v1/reports/${r.id}/retry`);
-      notify(`Report ${r.id} is pending again under ${r.identifier}.`, "success");
-      await loadReports();
-    }));
-  }, "No parked reports.");
+  fillRows(TABLES.reports, page.data);
+}
+
+async function retryReport(r) {
+  await api("POST", `/admin/v1/reports/${r.id}/retry`);
+  notify(`Report ${r.id} is pending again under ${r.identifier}.`, "success");
+  await loadReports();
 }
 
 async function loadEvents() {
   const page = await api("GET", "/admin/v1/stripe-events?status=failed&limit=100");
-  fillRows($("events-body"), page.data, (row, e) => {
-    cell(row, e.id, "mono");
-    cell(row, e.type);
-    cell(row, e.attempts);
-    cell(row, e.last_error, "error-text");
-    cell(row, "", "actions").append(button("Replay", async () => {
-      const result = await api("POST", `/admin/v1/stripe-events/${encodeURIComponent(e.id)}/replay`);
-      notify(`Event ${e.id}: ${result.outcome}${result.last_error ? ` (${result.last_error})` : ""}.`,
-        result.outcome === "failed" ? "error" : "success");
-      await Promise.all([loadEvents(), loadCustomers()]);
-    }));
-  }, "No failed events.");
+  fillRows(TABLES.events, page.data);
+}
+
+async function replayEvent(e) {
+  const result = await api("POST", `/admin/v1/stripe-events/${encodeURIComponent(e.id)}/replay`);
+  notify(`Event ${e.id}: ${result.outcome}${result.last_error ? ` (${result.last_error})` : ""}.`,
+    result.outcome === "failed" ? "error" : "success");
+  await Promise.all([loadEvents(), loadCustomers()]);
 }
 
 async function loadOutbound() {
   const page = await api("GET", "/admin/v1/webhooks/outbound?status=undelivered&limit=100");
-  fillRows($("outbound-body"), page.data, (row, e) => {
-    cell(row, e.id, "mono");
-    cell(row, e.type);
-    cell(row, e.customer_id, "mono");
-    cell(row, e.status, `outbound-${e.status}`);
-    cell(row, e.attempts);
-    cell(row, when(e.next_attempt_at));
-    cell(row, e.last_error, "error-text");
-    cell(row, "", "actions").append(button("Retry", async () => {
-      await api("POST", `/admin/v1/webhooks/outbound/${encodeURIComponent(e.id)}/retry`);
-      notify(`Event ${e.id} is pending again under the same webhook-id.`, "success");
-      await loadOutbound();
-    }));
-  }, "No undelivered events.");
+  fillRows(TABLES.outbound, page.data);
   $("outbound-more").hidden = !page.has_more;
+}
+
+async function retryOutbound(e) {
+  await api("POST", `/admin/v1/webhooks/outbound/${encodeURIComponent(e.id)}/retry`);
+  notify(`Event ${e.id} is pending again under the same webhook-id.`, "success");
+  await loadOutbound();
 }
 
 async function runReconcile() {
   $("reconcile-summary").textContent = "Reading Stripe's meter event summaries…";
   const result = await api("GET", "/admin/v1/reconciliation");
-  let drifting = 0;
-  fillRows($("reconcile-body"), result.data, (row, r) => {
-    if (r.drift !== 0) {
-      row.className = "drift";
-      drifting += 1;
-    }
-    cell(row, r.customer_id, "mono");
-    cell(row, r.ledger_units);
-    cell(row, r.pending_units);
-    cell(row, r.stripe_units);
-    cell(row, r.drift > 0 ? `+${r.drift}` : r.drift);
-  }, "No customers.");
+  fillRows(TABLES.reconcile, result.data);
+  const drifting = result.data.filter((r) => r.drift !== 0).length;
   $("reconcile-summary").textContent =
     `${result.data.length} customer(s) reconciled; ${drifting} drifting.`;
 }
@@ -297,6 +353,7 @@ function guarded(work) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  for (const table of Object.values(TABLES)) addHeader(table);
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const token = $("admin-token").value.trim();
