@@ -52,7 +52,7 @@ async def verification_cost(database_url: str, key: str, rounds: int = 200_000) 
     settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
     guard = KeyGuard.build(
         settings,
-        policy=KeyPolicy(policy=KeyPolicy(pepper=PEPPER.encode(), live=False)),
+        policy=KeyPolicy(pepper=PEPPER.encode(), live=False),
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
     )

@@ -87,6 +87,27 @@ async def test_record_returns_only_after_commit(
     await recorder.stop()
 
 
+async def test_a_lane_whose_rows_the_other_lane_took_writes_nothing(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
+    # On PostgreSQL two rows queued in one turn start both lanes, which gather side by side; the
+    # first to finish takes both rows, and the other must not commit an empty statement.
+    customer_id = await add_customer(sessionmaker)
+    commits = [0]
+    recorder = UsageRecorder(
+        ledger_engine, on_commit=lambda: commits.__setitem__(0, commits[0] + 1)
+    )
+    recorder.start()
+    await asyncio.gather(
+        *(
+            recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=1)
+            for _ in range(2)
+        )
+    )
+    await recorder.stop()
+    assert commits[0] == 1
+
+
 async def test_recorded_rows_read_back_exactly(
     sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
 ) -> None:

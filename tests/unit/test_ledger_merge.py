@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 from meterapi.metering.ledger import Usage, merge
 
@@ -47,3 +47,13 @@ def test_rows_differing_in_any_part_stay_apart() -> None:
 def test_a_single_usage_is_its_own_row() -> None:
     usage = Usage(1, "key_a", "/v1/data", 3, at(5))
     assert merge([usage]) == [usage]
+
+
+def test_the_minute_is_the_utc_minute_whatever_the_offset_given() -> None:
+    plus_one = timezone(timedelta(hours=1))
+    usages = [
+        Usage(1, "key_a", "/v1/data", 1, at(10)),
+        Usage(1, "key_a", "/v1/data", 2, at(30).astimezone(plus_one)),  # the same UTC minute
+    ]
+    merged = merge(usages)
+    assert [(u.units, u.occurred_at) for u in merged] == [(3, at(30))]
