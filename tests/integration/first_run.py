@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from meterapi.dashboard import pages
 from tests.integration.servers import free_port, wait_until_healthy
 
 START_TIMEOUT_S = 60.0
@@ -112,6 +113,17 @@ def subscribe_and_call(service_url: str) -> str:
         return key
 
 
+def check_dashboard_assets(service_url: str) -> None:
+    """Every script and stylesheet the dashboard lists is served: the package shipped them."""
+    with httpx.Client(base_url=service_url, timeout=15) as http:
+        missing = [
+            name
+            for name in pages.ASSETS
+            if http.get(f"/dashboard/assets/{name}").status_code != 200
+        ]
+    assert not missing, f"not in the installed package: {missing}"
+
+
 def wait_for_webhooks(emulator_url: str, within_s: float = 20.0) -> list[dict[str, object]]:
     """The emulator's deliveries once none is pending; a test asserts none failed."""
     deadline = time.monotonic() + within_s
@@ -130,7 +142,8 @@ def check_start_output(output: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The wheel check: ``meterapi db upgrade``, ``meterapi serve``, one paid call."""
+    """The wheel check: ``meterapi db upgrade``, ``meterapi serve``, one paid call, the
+    dashboard's files."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--meterapi", required=True, help="the installed meterapi command")
     args = parser.parse_args(argv)
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [args.meterapi, "serve", "--port", str(port)]
         with Served(command, port=port, workdir=workdir, env=env) as served:
             subscribe_and_call(served.url)
+            check_dashboard_assets(served.url)
             rows = wait_for_webhooks(served.emulator_url())
         output = served.output()
         print(output, end="")
@@ -153,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         failed = [r for r in rows if r["status"] == "failed"]
         assert not failed, failed
         host = urlsplit(served.url).netloc
-        print(f"wheel check: migrated, served on {host}, subscribed, one paid call")
+        print(
+            f"wheel check: migrated, served on {host}, subscribed, one paid call, "
+            f"{len(pages.ASSETS)} dashboard assets served"
+        )
     return 0
 
 

@@ -346,6 +346,17 @@ def test_no_module_is_two_rooms() -> None:
     assert long == {}
 
 
+def test_no_page_script_is_two_rooms() -> None:
+    # The same for the pages' scripts: a card with its own job is a module of its own.
+    scripts = sorted((SRC / "dashboard" / "static").glob("*.js"))
+    long = {
+        path.name: lines
+        for path in scripts
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert scripts and long == {}
+
+
 def _hand_written_error_bodies(path: Path) -> list[str]:
     return [
         f"{path.name}:{node.lineno} writes an error body by hand"

@@ -28,6 +28,7 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "api.js": "text/javascript; charset=utf-8",
     "chart.js": "text/javascript; charset=utf-8",
+    "keys.js": "text/javascript; charset=utf-8",
     "limits.js": "text/javascript; charset=utf-8",
     "money.js": "text/javascript; charset=utf-8",
     "messages.js": "text/javascript; charset=utf-8",

@@ -186,7 +186,7 @@ const TABLES = {
   outbound: {
     body: "outbound-body",
     columns: [
-      column("Event", (e) => e.id, "mono"),
+      column("Event", (e) => e.id, "mono event-id"),
       column("Type", (e) => e.type),
       column("Customer", (e) => e.customer_id, "mono"),
       column("Status", (e) => e.status, (e) => `outbound-${e.status}`),

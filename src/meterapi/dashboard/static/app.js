@@ -1,9 +1,10 @@
 // The dashboard: subscribe, receive the key once, then usage, invoice, spending limit, keys
-// and billing.
+// and billing. The keys card is keys.js, the spending limit card limits.js.
 // Everything from the server goes into the page with textContent, never as HTML.
 
 import { api, claimStore, keyStore } from "./api.js";
 import { daysOfPeriod, renderChart } from "./chart.js";
+import { createKeysCard } from "./keys.js";
 import { createLimitsCard } from "./limits.js";
 import {
   CHECKOUT_CANCELLED,
@@ -22,10 +23,6 @@ const $ = (id) => document.getElementById(id);
 const numberFormat = new Intl.NumberFormat();
 const formatNumber = (n) => numberFormat.format(Number(n) || 0);
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeZone: "UTC" });
-const dateTimeFormat = new Intl.DateTimeFormat(undefined, {
-  dateStyle: "medium",
-  timeStyle: "short",
-});
 const CLAIM_ATTEMPTS = 4;
 const CLAIM_RETRY_MS = 1500;
 
@@ -65,14 +62,6 @@ async function busy(button, work, overrides) {
       button.removeAttribute("aria-busy");
     }
   }
-}
-
-// -- formatting --------------------------------------------------------------------------------
-
-function formatDateTime(value) {
-  if (!value) return "";
-  const date = new Date(value);
-  return Number.isNaN(date.getTime()) ? String(value) : dateTimeFormat.format(date);
 }
 
 // -- the key shown once ------------------------------------------------------------------------
@@ -119,17 +108,18 @@ function showSignedIn(signedIn) {
 }
 
 // Made in start(), once the page's elements exist.
+let keysCard = null;
 let limitsCard = null;
 
 async function enterDashboard() {
   showSignedIn(true);
-  await Promise.all([loadUsage(), loadKeys(), limitsCard.load()]);
+  await Promise.all([loadUsage(), keysCard.load(), limitsCard.load()]);
 }
 
 function signOut() {
   keyStore.clear();
   hideNewKey();
-  $("keys-body").replaceChildren();
+  keysCard.reset();
   $("usage-chart").replaceChildren();
   limitsCard.reset();
   showSignedIn(false);
@@ -170,117 +160,6 @@ async function loadUsage(button) {
 /** "Reload usage": the figures, and the spend against the limit with its banner. */
 async function reloadUsage(button) {
   await Promise.all([loadUsage(button), limitsCard.load()]);
-}
-
-// -- keys --------------------------------------------------------------------------------------
-
-function isCurrentKey(key) {
-  const stored = keyStore.get() || "";
-  return stored.startsWith(key.prefix) && stored.endsWith(key.last4);
-}
-
-function keyStatus(key) {
-  if (key.revoked_at) return { text: "Revoked", usable: false };
-  if (key.expires_at) {
-    const expires = new Date(key.expires_at);
-    if (expires.getTime() <= Date.now()) return { text: "Expired", usable: false };
-    return { text: `Active until ${formatDateTime(key.expires_at)}`, usable: true };
-  }
-  return { text: "Active", usable: true };
-}
-
-function cell(text, className, column) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  if (column) td.dataset.label = column; // shown before the value on narrow screens
-  return td;
-}
-
-function actionButton(label, description, onClick) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "small secondary";
-  button.textContent = label;
-  button.setAttribute("aria-label", `${label} ${description}`);
-  button.addEventListener("click", () => onClick(button));
-  return button;
-}
-
-function renderKeys(keys) {
-  const rows = keys.map((key) => {
-    const row = document.createElement("tr");
-    const label = `${key.prefix}…${key.last4}`;
-    const status = keyStatus(key);
-    const current = isCurrentKey(key) && status.usable;
-    const name = cell(key.name || "Unnamed", "key-name");
-    if (current) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = "this tab";
-      name.append(" ", badge);
-    }
-    row.append(
-      name,
-      cell(label, "mono", "Key"),
-      cell(formatDateTime(key.created_at), "", "Created"),
-      cell(key.last_used_at ? formatDateTime(key.last_used_at) : "Never", "", "Last used"),
-      cell(status.text, status.usable ? "" : "muted", "Status"),
-    );
-    const actions = document.createElement("td");
-    actions.className = "actions";
-    if (status.usable) {
-      const description = `key ${key.name || ""} ${label}`.replace(/\s+/g, " ");
-      actions.append(
-        actionButton("Rotate", description, (b) => rotateKey(key, label, b)),
-        actionButton("Revoke", description, (b) => revokeKey(key, label, b)),
-      );
-    }
-    row.append(actions);
-    return row;
-  });
-  $("keys-body").replaceChildren(...rows);
-}
-
-async function loadKeys() {
-  const listing = await busy(null, () => api.listKeys());
-  if (listing) renderKeys(listing.data || []);
-}
-
-async function createKey(event) {
-  event.preventDefault();
-  const input = $("create-key-name");
-  const created = await busy(event.submitter, () => api.createKey(input.value.trim()));
-  if (!created) return;
-  input.value = "";
-  showNewKey(created.api_key, `New key "${created.key.name}" created.`);
-  await loadKeys();
-}
-
-async function rotateKey(key, label, button) {
-  const grace = Number($("rotate-grace").value);
-  const when = $("rotate-grace").selectedOptions[0].textContent;
-  if (!window.confirm(`Rotate key ${label}? The old key stops working ${when}.`)) return;
-  const wasCurrent = isCurrentKey(key);
-  const rotated = await busy(button, () => api.rotateKey(key.id, grace));
-  if (!rotated) return;
-  if (wasCurrent) keyStore.set(rotated.api_key); // this tab keeps working with the new key
-  showNewKey(rotated.api_key, `Key ${label} rotated; here is its replacement.`);
-  await loadKeys();
-}
-
-async function revokeKey(key, label, button) {
-  if (!window.confirm(`Revoke key ${label} now? Requests with it are refused at once.`)) return;
-  const wasCurrent = isCurrentKey(key);
-  const done = await busy(button, () => api.revokeKey(key.id));
-  if (done === undefined) return;
-  if (wasCurrent) {
-    signOut(); // this tab's own key: nothing more can be done with it
-    notify(`Key ${label} revoked. It was the key this tab used, so you are signed out.`, "info");
-    return;
-  }
-  notify(`Key ${label} revoked.`, "success");
-  await loadKeys();
 }
 
 // -- subscribing, claiming, signing in, billing ------------------------------------------------
@@ -395,7 +274,7 @@ async function signIn(event) {
   }
   notify("Signed in.", "success");
   showSignedIn(true);
-  renderKeys(listing.data || []);
+  keysCard.render(listing.data || []);
   await Promise.all([loadUsage(), limitsCard.load()]);
 }
 
@@ -410,7 +289,7 @@ async function openPortal(event) {
 async function start() {
   $("subscribe-form").addEventListener("submit", subscribe);
   $("sign-in-form").addEventListener("submit", signIn);
-  $("create-key-form").addEventListener("submit", createKey);
+  keysCard = createKeysCard({ busy, notify, showNewKey, signOut });
   $("sign-out").addEventListener("click", signOut);
   $("copy-key").addEventListener("click", copyKey);
   $("dismiss-key").addEventListener("click", () => {
