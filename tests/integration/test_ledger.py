@@ -48,10 +48,9 @@ async def committed_batches(sessionmaker: Sessionmaker, commits: list[int]) -> i
         return int(await session.scalar(text("SELECT count(DISTINCT xmin::text) FROM usage_event")))
 
 
-async def test_concurrent_records_share_commits(
-    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
-) -> None:
-    customer_id = await add_customer(sessionmaker)
+async def record_together(ledger_engine: AsyncEngine, customer_id: int, n: int) -> list[int]:
+    """``n`` records of one unit started in one turn, through a recorder started and stopped for
+    them; the number of commits its ``on_commit`` counted, in a one-item list."""
     commits = [0]
     recorder = UsageRecorder(
         ledger_engine, on_commit=lambda: commits.__setitem__(0, commits[0] + 1)
@@ -59,11 +58,19 @@ async def test_concurrent_records_share_commits(
     recorder.start()
     await asyncio.gather(
         *(
-            recorder.record(customer_id=customer_id, api_key_id="key_1", route="/v1/data", units=1)
-            for _ in range(300)
+            recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=1)
+            for _ in range(n)
         )
     )
     await recorder.stop()
+    return commits
+
+
+async def test_concurrent_records_share_commits(
+    sessionmaker: Sessionmaker, ledger_engine: AsyncEngine
+) -> None:
+    customer_id = await add_customer(sessionmaker)
+    commits = await record_together(ledger_engine, customer_id, 300)
     async with sessionmaker() as session:
         total = await session.scalar(select(func.sum(UsageEvent.units)))
         rows = await session.scalar(select(func.count()).select_from(UsageEvent))
@@ -93,18 +100,7 @@ async def test_a_lane_whose_rows_the_other_lane_took_writes_nothing(
     # On PostgreSQL two rows queued in one turn start both lanes, which gather side by side; the
     # first to finish takes both rows, and the other must not commit an empty statement.
     customer_id = await add_customer(sessionmaker)
-    commits = [0]
-    recorder = UsageRecorder(
-        ledger_engine, on_commit=lambda: commits.__setitem__(0, commits[0] + 1)
-    )
-    recorder.start()
-    await asyncio.gather(
-        *(
-            recorder.record(customer_id=customer_id, api_key_id="k", route="/v1/data", units=1)
-            for _ in range(2)
-        )
-    )
-    await recorder.stop()
+    commits = await record_together(ledger_engine, customer_id, 2)
     assert commits[0] == 1
 
 
