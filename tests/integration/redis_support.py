@@ -48,23 +48,32 @@ def shared_redis_url() -> str:
 class PrivateRedis:
     """``redis-server`` on a free port, without persistence, for a test that stops it."""
 
-    def __init__(self, log_path: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, log_path: Path, *, password: str | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             _missing("redis-server is not installed")
         self.binary = binary or "redis-server"
         self.port = free_port()
         self.password = password
+        self.tls = tls  # (certificate, key): TLS only, the certificate its own authority
         secret = "" if password is None else f":{password}@"
-        self.url = f"redis://{secret}127.0.0.1:{self.port}/0"
+        if tls is None:
+            self.url = f"redis://{secret}127.0.0.1:{self.port}/0"
+        else:
+            self.url = f"rediss://{secret}localhost:{self.port}/0?ssl_ca_certs={tls[0]}"
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrivateRedis:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no",
+            [self.binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *(("--port", str(self.port)) if self.tls is None else (
+                 "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                 "--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1]),
+                 "--tls-ca-cert-file", str(self.tls[0]))),
              *(() if self.password is None else ("--requirepass", self.password))],
             stdout=log, stderr=log,
         )  # fmt: skip

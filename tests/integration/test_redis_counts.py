@@ -1,10 +1,13 @@
 """The rate limiter's own Redis connection against real servers: counts in the URL's database,
-in order when commands overlap; a Redis that forgot the script, a password, a server gone and
-back."""
+in order when commands overlap; a Redis that forgot the script, a password, TLS, a server gone
+and back."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -96,3 +99,26 @@ async def test_a_connection_redis_closed_is_opened_again_before_the_next_call(
         finally:
             inspect.close()
             await counts.close()
+
+
+async def test_rediss_verifies_the_server_unless_told_not_to(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate to serve")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with PrivateRedis(tmp_path / "redis.log", tls=(cert, key)) as server:
+        trusted = RedisCounts(SecretStr(server.url))  # the certificate as its authority
+        assert await trusted.add([("k", 60, 1)]) == [1]
+        await trusted.close()
+        bare = server.url.split("?")[0]  # the system's authorities: a self-signed server fails
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await RedisCounts(SecretStr(bare)).add([("k", 60, 1)])
+        unverified = RedisCounts(SecretStr(f"{bare}?ssl_cert_reqs=none"))
+        assert await unverified.add([("k", 60, 1)]) == [2]
+        await unverified.close()
