@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -14,8 +15,8 @@ from sqlmodel import select
 from meterapi.app import create_app
 from meterapi.billing.gateway import EMULATOR_WEBHOOK_SECRET, StripeGateway
 from meterapi.config import Settings
-from meterapi.db import Sessionmaker
-from meterapi.models import ReportStatus, UsageReport, utcnow
+from meterapi.db import Sessionmaker, session_scope
+from meterapi.models import CacheRevision, ProcessHeartbeat, ReportStatus, UsageReport, utcnow
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration import internals
@@ -223,6 +224,32 @@ async def test_customer_detail_limits_and_key_revocation(
     assert (await client.get("/v1/data", headers={"X-API-Key": key})).status_code == 401
     other = await client.delete(f"/admin/v1/customers/cus_nobody/keys/{key_id}", headers=ADMIN)
     assert other.status_code == 404
+
+
+async def test_the_operators_revoke_returns_once_every_live_process_applied_it(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    stripe_sdk: stripe.StripeClient,
+) -> None:
+    """As the customer's own revoke does (CONTRACT §3): another process of the service, live and
+    behind, holds the answer until it has applied the revocation."""
+    ((cus, key),) = await _customers(sessionmaker, stripe_sdk, settings, 1)
+    async with session_scope(sessionmaker) as session:
+        session.add(ProcessHeartbeat(id="replica-b:1", hostname="replica-b", pid=1, revision=0))
+    detail = (await client.get(f"/admin/v1/customers/{cus}", headers=ADMIN)).json()
+    path = f"/admin/v1/customers/{cus}/keys/{detail['keys'][0]['id']}?force=true"
+    revoking = asyncio.create_task(client.delete(path, headers=ADMIN))
+    await asyncio.sleep(0.5)
+    assert not revoking.done()
+    async with session_scope(sessionmaker) as session:  # replica-b checks in
+        revision = (await session.exec(select(CacheRevision.revision))).one()
+        other = await session.get(ProcessHeartbeat, "replica-b:1")
+        assert other is not None and revision > 0
+        other.revision, other.seen_at = revision, utcnow()
+    response = await asyncio.wait_for(revoking, 2)
+    assert response.status_code == 204
+    assert (await client.get("/v1/data", headers={"X-API-Key": key})).status_code == 401
 
 
 async def test_a_parked_report_is_retried_under_its_identifier_and_counted_once(

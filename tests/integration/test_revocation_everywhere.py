@@ -1,7 +1,8 @@
 """Revocation is immediate in every process (CONTRACT §3): a real service with two workers.
 
-When ``DELETE /v1/keys/{id}`` (or ``meterapi keys revoke``) returns, neither worker serves the
-key, however warm its cache was: no 200, nothing billed.
+When ``DELETE /v1/keys/{id}``, the operator's ``DELETE /admin/v1/customers/{cus}/keys/{id}`` or
+``meterapi keys revoke`` returns, neither worker serves the key, however warm its cache was: no
+200, nothing billed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from meterapi.keys import service as key_service
 from meterapi.keys.policy import KeyPolicy
 from meterapi.models import ApiKey, ProcessHeartbeat
 from tests.conftest import make_settings
+from tests.integration.admin_support import ADMIN, ADMIN_TOKEN
 from tests.integration.keys_support import seed_customer
 from tests.integration.servers import ServiceProcess
 
@@ -28,13 +30,14 @@ CLIENTS = 8  # each on connections of its own, so both workers take a share
 CALLS = 10  # per client after each revocation
 
 
-async def _seed(db_url: str, keys: int) -> list[tuple[str, str]]:
-    """One customer with ``keys`` keys: (id, plaintext) each."""
+async def _seed(db_url: str, keys: int) -> tuple[str, list[tuple[str, str]]]:
+    """One customer (its Stripe id) with ``keys`` keys: (id, plaintext) each."""
     engine = make_engine(db_url)
     pepper = make_settings(db_url).pepper_bytes()
     try:
         sessionmaker = make_sessionmaker(engine)
-        customer_id = await seed_customer(sessionmaker)
+        stripe_id = "cus_revoked"
+        customer_id = await seed_customer(sessionmaker, stripe_customer_id=stripe_id)
         issued = []
         async with session_scope(sessionmaker) as session:
             for _ in range(keys):
@@ -42,7 +45,7 @@ async def _seed(db_url: str, keys: int) -> list[tuple[str, str]]:
                     session, customer_id=customer_id, policy=KeyPolicy(pepper=pepper, live=False)
                 )
                 issued.append((key.id, plaintext))
-        return issued
+        return stripe_id, issued
     finally:
         await engine.dispose()
 
@@ -99,7 +102,9 @@ class Callers:
 @pytest.fixture
 def service(db_url: str, tmp_path: Path) -> ServiceProcess:
     process = ServiceProcess(
-        {"METERAPI_DATABASE_URL": db_url}, log_path=tmp_path / "service.log", workers=2
+        {"METERAPI_DATABASE_URL": db_url, "METERAPI_ADMIN_TOKEN": ADMIN_TOKEN},
+        log_path=tmp_path / "service.log",
+        workers=2,
     ).start()
     yield process  # type: ignore[misc]
     process.terminate()
@@ -114,10 +119,11 @@ async def _wait_for_both_workers(db_url: str) -> None:
     raise AssertionError("two workers never checked in")
 
 
+@pytest.mark.parametrize("by", ["customer", "operator"])
 async def test_after_delete_returns_no_worker_serves_the_key(
-    db_url: str, service: ServiceProcess
+    db_url: str, service: ServiceProcess, by: str
 ) -> None:
-    keeper, *doomed = await _seed(db_url, ROUNDS + 1)
+    customer, (keeper, *doomed) = await _seed(db_url, ROUNDS + 1)
     await _wait_for_both_workers(db_url)
     callers = Callers(service.url)
     try:
@@ -128,7 +134,11 @@ async def test_after_delete_returns_no_worker_serves_the_key(
                 stop = asyncio.Event()
                 load = asyncio.create_task(callers.hammer(key, stop))
                 await asyncio.sleep(0.5)
-                revoked = await api.delete(f"/v1/keys/{key_id}", headers={"X-API-Key": keeper[1]})
+                if by == "customer":
+                    path, headers = f"/v1/keys/{key_id}", {"X-API-Key": keeper[1]}
+                else:
+                    path, headers = f"/admin/v1/customers/{customer}/keys/{key_id}", ADMIN
+                revoked = await api.delete(path, headers=headers)
                 returned = time.monotonic()
                 assert revoked.status_code == 204
                 after = await callers.call(key)
@@ -136,6 +146,7 @@ async def test_after_delete_returns_no_worker_serves_the_key(
                 calls = await load
                 assert any(status == 200 for _, status in calls)  # it was served before
                 late = [status for sent, status in calls if sent > returned] + after
+                print(by, len(late), late.count(200), late.count(401), [s for _, s in calls][-5:])
                 assert late and 200 not in late, f"{late.count(200)} served after DELETE"
                 assert late.count(401) >= len(late) // 2
         assert 200 in await callers.call(keeper[1], calls=1)
@@ -147,7 +158,7 @@ async def test_after_the_cli_revoke_returns_no_worker_serves_the_key(
     db_url: str, service: ServiceProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("METERAPI_DATABASE_URL", db_url)
-    keeper, *doomed = await _seed(db_url, 3)
+    _, (keeper, *doomed) = await _seed(db_url, 3)
     await _wait_for_both_workers(db_url)
     callers = Callers(service.url)
     try:

@@ -14,8 +14,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.api.bodies import RequestBody
 from meterapi.api.customer_limits import LimitsOut, SpendCapIn, price_known, read_limits
-from meterapi.api.deps import ADMIN_DEPENDENCIES, RuntimeDep, SessionDep
-from meterapi.api.keys import KeyIdPath, KeyPublic
+from meterapi.api.deps import ADMIN_DEPENDENCIES, KeyGuardDep, RuntimeDep, SessionDep
+from meterapi.api.keys import KeyIdPath, KeyPublic, revoke_everywhere
 from meterapi.api.responses import ADMIN_REFUSED, Descriptions, Page, responses
 from meterapi.api.usage import UsageOut, usage_of
 from meterapi.keys import service as key_service
@@ -209,8 +209,9 @@ async def revoke_key(
     customer_id: CustomerPath,
     key_id: KeyIdPath,
     session: SessionDep,
+    keys: KeyGuardDep,
     force: Annotated[bool, Query(description="Revoke even the only active key.")] = False,
 ) -> Response:
     customer = await key_service.find_customer(session, stripe_customer_id=customer_id)
-    await key_service.revoke(session, key_id=key_id, customer_id=customer.id, allow_last=force)
+    await revoke_everywhere(session, keys, key_id=key_id, customer_id=customer.id, allow_last=force)
     return Response(status_code=204)

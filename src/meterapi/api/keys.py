@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.api.bodies import RequestBody
 from meterapi.api.deps import (
@@ -25,6 +26,7 @@ from meterapi.api.responses import (
 )
 from meterapi.db import commit_before_announcing
 from meterapi.keys import service
+from meterapi.keys.guard import KeyGuard
 from meterapi.models import ApiKey
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -181,8 +183,20 @@ async def rotate_key(
 async def revoke_key(
     key_id: KeyIdPath, caller: CustomerDep, session: SessionDep, keys: KeyGuardDep
 ) -> Response:
-    await service.revoke(session, key_id=key_id, customer_id=caller.customer_id)
-    await commit_before_announcing(session)
-    # The contract: when this returns, no worker or replica serves the key.
-    await keys.propagate()
+    await revoke_everywhere(session, keys, key_id=key_id, customer_id=caller.customer_id)
     return Response(status_code=204)
+
+
+async def revoke_everywhere(
+    session: AsyncSession,
+    keys: KeyGuard,
+    *,
+    key_id: str,
+    customer_id: int | None,
+    allow_last: bool = False,
+) -> None:
+    """Revoke, commit, and return once no worker or replica serves the key (CONTRACT §3): the
+    customer's ``DELETE /v1/keys/{id}`` and the operator's revoke alike."""
+    await service.revoke(session, key_id=key_id, customer_id=customer_id, allow_last=allow_last)
+    await commit_before_announcing(session)
+    await keys.propagate()
