@@ -33,12 +33,12 @@ def cpu_seconds(pid: int) -> float:
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a multi-worker uvicorn's workers)."""
     found = [pid]
-    for child in _children(pid):
+    for child in children(pid):
         found.extend(process_tree(child))
     return found
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:

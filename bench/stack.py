@@ -15,11 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -28,7 +28,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bench.cpu import postgres_backends
+from bench.cpu import children, postgres_backends
 from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.models import Customer, UsageEvent, UsageReport
 from meterapi.stripe_emulator import EmulatorControl
@@ -149,7 +149,7 @@ class Proc:
     def rss_kib(self) -> int:
         """Resident memory of the process (and of its children, for a multi-worker uvicorn)."""
         total = 0
-        for pid in [self.pid, *_children(self.pid)]:
+        for pid in [self.pid, *children(self.pid)]:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
@@ -164,14 +164,6 @@ class Proc:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 @dataclass
@@ -400,48 +392,57 @@ async def _customer_pk(session: AsyncSession, stripe_customer_id: str) -> int | 
     return (await session.exec(found)).one()
 
 
-async def ledger_units(database_url: str, stripe_customer_id: str) -> Ledger:
-    """The customer's units in our ledger, and the reports not (yet) acknowledged by Stripe."""
+T = TypeVar("T")
+
+
+async def _of_customer(
+    database_url: str,
+    stripe_customer_id: str,
+    read: Callable[[AsyncSession, int | None], Awaitable[T]],
+) -> T:
+    """``read(session, customer's row id)`` on an engine of its own, disposed of after."""
     engine = make_engine(database_url)
     try:
         async with make_sessionmaker(engine)() as session:
-            customer_id = await _customer_pk(session, stripe_customer_id)
-            units = (
-                await session.exec(
-                    select(func.coalesce(func.sum(UsageEvent.units), 0)).where(
-                        UsageEvent.customer_id == customer_id
-                    )
-                )
-            ).one()
-            by_status = dict(
-                (
-                    await session.exec(
-                        select(UsageReport.status, func.count())
-                        .where(UsageReport.customer_id == customer_id)
-                        .group_by(col(UsageReport.status))
-                    )
-                ).all()
-            )
-        return Ledger(int(units), by_status.get("pending", 0), by_status.get("parked", 0))
+            return await read(session, await _customer_pk(session, stripe_customer_id))
     finally:
         await engine.dispose()
+
+
+async def ledger_units(database_url: str, stripe_customer_id: str) -> Ledger:
+    """The customer's units in our ledger, and the reports not (yet) acknowledged by Stripe."""
+
+    async def read(session: AsyncSession, customer_id: int | None) -> Ledger:
+        units = (
+            await session.exec(
+                select(func.coalesce(func.sum(UsageEvent.units), 0)).where(
+                    UsageEvent.customer_id == customer_id
+                )
+            )
+        ).one()
+        by_status = dict(
+            (
+                await session.exec(
+                    select(UsageReport.status, func.count())
+                    .where(UsageReport.customer_id == customer_id)
+                    .group_by(col(UsageReport.status))
+                )
+            ).all()
+        )
+        return Ledger(int(units), by_status.get("pending", 0), by_status.get("parked", 0))
+
+    return await _of_customer(database_url, stripe_customer_id, read)
 
 
 async def ledger_rows(database_url: str, stripe_customer_id: str) -> int:
     """How many ``usage_event`` rows the customer has: for a customer whose load uses one key
     and one route, the ledger's committed batches (one row each, two across a minute)."""
-    engine = make_engine(database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            customer_id = await _customer_pk(session, stripe_customer_id)
-            rows = (
-                await session.exec(
-                    select(func.count()).where(UsageEvent.customer_id == customer_id)
-                )
-            ).one()
-        return int(rows)
-    finally:
-        await engine.dispose()
+
+    async def read(session: AsyncSession, customer_id: int | None) -> int:
+        count = select(func.count()).where(UsageEvent.customer_id == customer_id)
+        return int((await session.exec(count)).one())
+
+    return await _of_customer(database_url, stripe_customer_id, read)
 
 
 @dataclass

@@ -22,6 +22,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM and wait for the graceful shutdown; SIGKILL if it does not end in time."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def service_env(db_url: str, emulator: EmulatorServer, price: str, **extra: str) -> dict[str, str]:
     """The METERAPI_ settings of a service (or a ``meterapi`` command) wired to the emulator."""
     return {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import stripe
 from meterapi.stripe_emulator import EmulatorServer
 from tests.conftest import EMULATOR_SECRET_KEY
 from tests.integration.billing_support import WEBHOOK_SECRET, event, subscription
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, stop
 from tests.metrics_support import sample
 
 
@@ -68,12 +67,7 @@ def serving(
             time.sleep(0.1)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
         log.close()
 
 

@@ -5,14 +5,13 @@ shared socket hands to whichever worker wakes first, lands on every worker."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, stop
 
 CONNECTIONS = 32
 
@@ -58,11 +57,7 @@ def _serve_and_burst(tmp_path: Path) -> list[str]:
                 time.sleep(0.1)
         return _pids_of_connections(port, CONNECTIONS)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 async def test_a_burst_of_connections_reaches_every_worker(tmp_path: Path) -> None:
