@@ -11,11 +11,14 @@ from typing import Annotated
 from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 STRIPE_API_BASE = "https://api.stripe.com"
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 MIN_WEBHOOK_SECRET_BYTES = 16
 EMULATOR_KEY = "sk_test_emulator"
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
 class ConfigError(ValueError):
@@ -47,7 +50,8 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    database_url: str = "sqlite+aiosqlite:///./meterapi.db"
+    # Kept out of repr: a PostgreSQL URL may hold the database's password.
+    database_url: str = Field(default="sqlite+aiosqlite:///./meterapi.db", repr=False)
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str = STRIPE_API_BASE
@@ -99,6 +103,23 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _an_async_database_url(cls, value: str) -> str:
+        # Named, never echoed: the URL may hold a password.
+        try:
+            driver = make_url(value).drivername
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; use sqlite+aiosqlite:///path.db or "
+                "postgresql+asyncpg://user:password@host/db"
+            ) from None
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(
+                f"driver {driver!r} is not supported; use one of " + ", ".join(DATABASE_DRIVERS)
+            )
+        return value
 
     @field_validator("public_rate_limit")
     @classmethod

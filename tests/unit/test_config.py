@@ -148,3 +148,36 @@ def test_rate_limits_that_parse(rate: str) -> None:
 def test_rate_limits_that_do_not(rate: str) -> None:
     with pytest.raises(ValidationError, match="a rate limit is <count>/<second"):
         settings(rate_limit=rate)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://user:hunter2secret@db/x",
+        "postgresql://user:hunter2secret@db/x",
+        "sqlite:///plain-sync.db",
+        "not a url hunter2secret",
+    ],
+)
+def test_a_database_url_without_an_async_driver_is_refused_by_name(url: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(database_url=url)
+    assert "database_url" in str(caught.value)
+    assert "hunter2secret" not in str(caught.value)
+
+
+def test_the_cli_names_a_wrong_database_url_and_never_echoes_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METERAPI_DATABASE_URL", "mysql://user:hunter2secret@db/x")
+    monkeypatch.chdir("/")
+    assert main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert "METERAPI_DATABASE_URL" in err and "Traceback" not in err
+    assert "hunter2secret" not in err
+
+
+def test_the_database_password_does_not_show_in_repr() -> None:
+    s = settings(database_url="postgresql+asyncpg://meter:hunter2secret@db.internal/meterapi")
+    assert "hunter2secret" not in repr(s) + str(s)
+    assert s.database_url.endswith("@db.internal/meterapi")
