@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import stripe
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from meterapi.cli import accounts, operations, serve
 from meterapi.config import ConfigError, Settings
@@ -57,7 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meterapi: configuration error: {_config_message(exc)}", file=sys.stderr)
         return 2
     handler = args.handler
-    return int(handler(args, settings))
+    try:
+        return int(handler(args, settings))
+    # Said in one line, never with a traceback (nor the database URL: it may hold a password).
+    except SQLAlchemyError as exc:
+        print(f"meterapi: the database could not be used: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the database's server does not answer
+        print(f"meterapi: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    except stripe.StripeError as exc:
+        print(f"meterapi: the Stripe call failed: {_first_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _config_message(exc: Exception) -> str:

@@ -1,0 +1,46 @@
+"""The command line's failures: one clear line and a non-zero exit, no traceback or secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meterapi import cli
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in ("METERAPI_STRIPE_SECRET_KEY", "METERAPI_STRIPE_API_BASE", "METERAPI_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env of the project's
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://meter:hunter2secret@127.0.0.1:1/meterapi",  # nothing listens
+        "sqlite+aiosqlite:////nonexistent-dir/meterapi.db",  # cannot be created
+    ],
+)
+def test_an_unreachable_database_is_one_line_and_exit_1(
+    url: str,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("METERAPI_DATABASE_URL", url)
+    assert cli.main(["db", "upgrade"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meterapi: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and "hunter2secret" not in err
+
+
+def test_stripe_unreachable_is_one_line_and_exit_1(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METERAPI_STRIPE_API_BASE", "http://127.0.0.1:1")
+    assert cli.main(["stripe", "setup"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meterapi: the Stripe call failed:") and "Traceback" not in err
