@@ -37,6 +37,24 @@ def test_an_unreachable_database_is_one_line_and_exit_1(
     assert "Traceback" not in err and "hunter2secret" not in err
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "says"),
+    [
+        ("0001-01-01T00:00:00", "9999-12-31T23:59:59", "between 2000 and 2200"),
+        ("2026-12-02T00:00:00Z", "2026-12-01T00:00:00Z", "--end must be after --start"),
+    ],
+)
+def test_reconcile_refuses_a_window_it_cannot_hold(
+    start: str, end: str, says: str, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        code = cli.main(["usage", "reconcile", "--start", start, "--end", end])
+        raise SystemExit(code)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
 def test_stripe_unreachable_is_one_line_and_exit_1(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

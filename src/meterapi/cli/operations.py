@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from meterapi.api.admin_ops import EARLIEST, LATEST
 from meterapi.billing import webhooks
 from meterapi.billing.gateway import StripeGateway
 from meterapi.cli.common import command_engine, command_session, run_printing
@@ -72,6 +73,9 @@ def register(commands: Any, usage: Any) -> None:
 def _usage_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if (args.start is None) != (args.end is None):
         print("meterapi: give both --start and --end, or neither", file=sys.stderr)
+        return 2
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        print("meterapi: --end must be after --start", file=sys.stderr)
         return 2
     progress = reconcile_report.Progress(sys.stderr)
 
@@ -182,4 +186,8 @@ def _iso_time(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # As the operator API's reconciliation: a window Stripe's summaries (and a datetime) can hold.
+    if not EARLIEST <= value <= LATEST:
+        raise argparse.ArgumentTypeError(f"must be between {EARLIEST:%Y} and {LATEST:%Y}: {text!r}")
+    return value
