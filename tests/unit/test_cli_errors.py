@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from meterapi import cli
+from meterapi.config import Settings
 
 
 @pytest.fixture
@@ -62,3 +63,10 @@ def test_stripe_unreachable_is_one_line_and_exit_1(
     assert cli.main(["stripe", "setup"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("meterapi: the Stripe call failed:") and "Traceback" not in err
+
+
+def test_without_a_stripe_key_the_commands_talk_to_the_emulator(clean_env: Path) -> None:
+    at = cli._at_the_emulator(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert at.stripe_api_base == "http://127.0.0.1:12111"
+    chosen = Settings(_env_file=None, stripe_api_base="http://127.0.0.1:4242")  # type: ignore[call-arg]
+    assert cli._at_the_emulator(chosen).stripe_api_base == "http://127.0.0.1:4242"

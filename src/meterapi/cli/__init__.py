@@ -16,6 +16,7 @@ import stripe
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from meterapi import emulator_mode
 from meterapi.cli import accounts, operations, serve
 from meterapi.config import ConfigError, Settings
 from meterapi.stripe_emulator import command as emulator_command
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meterapi: configuration error: {_config_message(exc)}", file=sys.stderr)
         return 2
     handler = args.handler
+    if handler is not serve.serve_handler and settings.emulator_mode:
+        settings = _at_the_emulator(settings)
     try:
         return int(handler(args, settings))
     # Said in one line, never with a traceback (nor the database URL: it may hold a password).
@@ -71,6 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except stripe.StripeError as exc:
         print(f"meterapi: the Stripe call failed: {_first_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _at_the_emulator(settings: Settings) -> Settings:
+    """Without a Stripe key, the commands that call Stripe (``stripe setup``, ``usage flush``,
+    ``usage reconcile``…) talk to the emulator ``meterapi serve`` runs, not to Stripe itself
+    (which would refuse the emulator's key); an explicit METERAPI_STRIPE_API_BASE still wins."""
+    if "stripe_api_base" in settings.model_fields_set:
+        return settings
+    base = emulator_mode.url_of("127.0.0.1", emulator_mode.EMULATOR_PORT)
+    return settings.model_copy(update={"stripe_api_base": base})
 
 
 def _first_line(exc: BaseException) -> str:

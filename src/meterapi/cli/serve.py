@@ -51,10 +51,10 @@ def register(commands: Any) -> None:
         default="127.0.0.1",
         help="emulator mode only: the address the emulator listens on (0.0.0.0 in a container)",
     )
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=serve_handler)
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def serve_handler(args: argparse.Namespace, settings: Settings) -> int:
     # As uvicorn's own command does: the working directory's packages are importable (for
     # METERAPI_ROUTERS), here and in the worker processes, which inherit the import path.
     if os.getcwd() not in sys.path:
