@@ -7,6 +7,7 @@ import binascii
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -130,11 +131,36 @@ class Settings(BaseSettings):
             raise ValueError("must be a rate such as 20/minute or 100/second") from None
         return value
 
-    @field_validator("public_url", "stripe_api_base")
+    @field_validator("public_url", "stripe_api_base", "upstream_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str) -> str:
-        # The Stripe SDK appends paths to its base addresses verbatim.
-        return value.rstrip("/")
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Checkout's return URLs, the Stripe SDK and the gateway append paths to these verbatim,
+        # so a value that is no http(s) address would fail only later, at a customer's request.
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://api.example.com")
+        return value.strip().rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin is scheme://host[:port], compared as written: a trailing slash is
+        # dropped, and a path refused, rather than an origin that silently never matches.
+        value = [origin.rstrip("/") if origin != "*" else origin for origin in value]
+        for origin in value:
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path
+                or parts.query
+            ):
+                raise ValueError(
+                    "each origin is * or scheme://host[:port], e.g. https://app.example"
+                )
+        return value
 
     @field_validator("stripe_secret_key")
     @classmethod

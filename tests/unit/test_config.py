@@ -181,3 +181,32 @@ def test_the_database_password_does_not_show_in_repr() -> None:
     s = settings(database_url="postgresql+asyncpg://meter:hunter2secret@db.internal/meterapi")
     assert "hunter2secret" not in repr(s) + str(s)
     assert s.database_url.endswith("@db.internal/meterapi")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("public_url", "api.example.com"),
+        ("public_url", "notaurl"),
+        ("stripe_api_base", "localhost:12111"),
+        ("upstream_url", "ftp://upstream.internal"),
+        ("cors_origins", "app.example"),
+        ("cors_origins", "https://app.example/dashboard"),
+    ],
+)
+def test_addresses_that_are_no_http_url_are_refused_at_start(field: str, value: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(**{field: value})
+    assert field in str(caught.value)
+
+
+def test_addresses_that_are_http_urls_are_kept() -> None:
+    s = settings(
+        public_url="https://api.example.com/",
+        stripe_api_base="http://127.0.0.1:12111",
+        upstream_url="http://upstream.internal:8080/v2",
+        cors_origins="https://app.example/, http://localhost:3000, *",
+    )
+    assert s.public_url == "https://api.example.com"
+    assert s.upstream_url == "http://upstream.internal:8080/v2"
+    assert s.cors_origins == ["https://app.example", "http://localhost:3000", "*"]
