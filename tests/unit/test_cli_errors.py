@@ -70,3 +70,24 @@ def test_without_a_stripe_key_the_commands_talk_to_the_emulator(clean_env: Path)
     assert at.stripe_api_base == "http://127.0.0.1:12111"
     chosen = Settings(_env_file=None, stripe_api_base="http://127.0.0.1:4242")  # type: ignore[call-arg]
     assert cli._at_the_emulator(chosen).stripe_api_base == "http://127.0.0.1:4242"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--port", "99999"],
+        ["serve", "--port", "-1"],
+        ["serve", "--port", "0"],
+        ["serve", "--workers", "0"],
+        ["serve", "--workers", "-2"],
+        ["stripe-emulator", "--port", "70000"],
+    ],
+)
+def test_ports_and_workers_out_of_range_are_usage_errors(
+    argv: list[str], clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument" in err and "Traceback" not in err

@@ -19,6 +19,7 @@ from meterapi.app import create_app
 from meterapi.cli.workers import serve_workers
 from meterapi.config import ConfigError, Settings
 from meterapi.metrics import MULTIPROCESS_DIR_ENV, multiprocess_dir
+from meterapi.stripe_emulator.command import tcp_port
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 WORKER_STARTUP_TIMEOUT_S = 60
@@ -39,8 +40,8 @@ SERVED_APP = "meterapi.cli.serve:create_served_app"
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="migrate the database, then run the service")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--port", type=tcp_port, default=8000)
+    serve.add_argument("--workers", type=_worker_count, default=1)
     serve.add_argument(
         "--emulator-state",
         default="meterapi-emulator.json",
@@ -52,6 +53,16 @@ def register(commands: Any) -> None:
         help="emulator mode only: the address the emulator listens on (0.0.0.0 in a container)",
     )
     serve.set_defaults(handler=serve_handler)
+
+
+def _worker_count(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 worker, not {workers}")
+    return workers
 
 
 def serve_handler(args: argparse.Namespace, settings: Settings) -> int:

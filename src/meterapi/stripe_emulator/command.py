@@ -13,10 +13,21 @@ DEFAULT_PORT = 12111
 DESCRIPTION = "A local, stateful Stripe-compatible server. Test mode only."
 
 
+def tcp_port(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535 (uvicorn would wrap 99999 round, or fail obscurely)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, not {port}")
+    return port
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options; `meterapi stripe-emulator` and `python -m` share them."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    p.add_argument("--port", type=tcp_port, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--webhook-url", default=None, help="where to deliver signed webhook events")
     p.add_argument(
         "--webhook-secret", default=DEFAULT_WEBHOOK_SECRET, help="secret that signs webhooks"
