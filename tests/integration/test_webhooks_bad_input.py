@@ -168,3 +168,28 @@ async def test_a_signed_event_with_an_unreadable_date_fails_permanently(
         (stored,) = await inbox(session)
         assert await customer_by_stripe_id(session, "cus_1") is None
     assert stored.failed_at is not None and stored.last_error == "ValueError"
+
+
+# Signed events whose envelope is fine but whose object has a field of the wrong JSON type:
+# handling them again would fail the same way, so Stripe is answered 2xx (not 500, which it
+# would retry for three days) and the operator sees them as failed for good.
+MISSHAPEN_OBJECTS: list[tuple[str, dict[str, Any]]] = [
+    ("customer.subscription.updated", {"id": "sub_x", "status": "active", "items": "x"}),
+    ("customer.subscription.updated", {"id": "sub_x", "status": "active", "items": {"data": {}}}),
+    ("customer.subscription.created", {"id": "sub_x", "items": {"data": ["x"]}}),
+    ("invoice.paid", {"id": "in_x", "parent": "x"}),
+    ("invoice.payment_failed", {"id": "in_x", "lines": ["x"]}),
+]
+
+
+@pytest.mark.parametrize(("event_type", "obj"), MISSHAPEN_OBJECTS, ids=lambda v: str(v)[:40])
+async def test_a_signed_event_with_a_misshapen_object_fails_permanently_not_500(
+    client: httpx.AsyncClient, sessionmaker: Sessionmaker, event_type: str, obj: dict[str, Any]
+) -> None:
+    body = {"id": "evt_misshapen", "type": event_type, "created": int(time.time())}
+    content, headers = signed_raw(json.dumps({**body, "data": {"object": obj}}))
+    response = await client.post("/webhooks/stripe", content=content, headers=headers)
+    assert response.status_code < 500
+    async with sessionmaker() as session:
+        stored = await inbox(session)
+    assert all(s.processed_at is not None or s.failed_at is not None for s in stored)

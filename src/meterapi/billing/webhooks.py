@@ -228,8 +228,12 @@ async def _take(
 def is_permanent(exc: Exception) -> bool:
     """The event cannot be handled however often it is tried again: Stripe answered that what
     it names does not exist or refused the request, or a value in it cannot be read (a
-    timestamp past what a datetime holds, say)."""
-    return isinstance(exc, NotFound | StripeRejected | ValueError)
+    timestamp past what a datetime holds, say), or a field of its object has another JSON type
+    than Stripe's (a string where an object or list belongs: the handler's lookups then fail
+    with AttributeError, TypeError or KeyError, and would on every retry)."""
+    return isinstance(
+        exc, NotFound | StripeRejected | ValueError | TypeError | AttributeError | KeyError
+    )
 
 
 async def _finish(
