@@ -91,3 +91,13 @@ def test_ports_and_workers_out_of_range_are_usage_errors(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "error: argument" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["x" * 101, "", "tab\there"])
+def test_keys_issue_refuses_a_name_the_api_would_refuse(
+    name: str, clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["keys", "issue", "--customer", "cus_1", "--name", name])
+    assert exited.value.code == 2
+    assert "a key name is 1-100 characters" in capsys.readouterr().err

@@ -17,6 +17,9 @@ from meterapi.keys import service as key_service
 from meterapi.keys.policy import KeyPolicy
 from meterapi.runtime import Runtime
 
+# The longest name a key may have, as POST /v1/keys and the api_key.name column allow.
+MAX_KEY_NAME = 100
+
 log = logging.getLogger("meterapi")
 
 
@@ -50,7 +53,7 @@ def register(commands: Any) -> Any:
     )
     issue = keys.add_parser("issue", help="issue a key; prints it once, to stdout")
     issue.add_argument("--customer", required=True, help="the customer's Stripe id, cus_…")
-    issue.add_argument("--name", default="default")
+    issue.add_argument("--name", type=_key_name, default="default", help="1-100 characters")
     issue.set_defaults(handler=_keys_issue)
     revoke = keys.add_parser("revoke", help="revoke a key now, everywhere")
     revoke.add_argument("key_id")
@@ -59,6 +62,16 @@ def register(commands: Any) -> Any:
     )
     revoke.set_defaults(handler=_keys_revoke)
     return usage
+
+
+def _key_name(text: str) -> str:
+    """The API's rule for a key's name (``POST /v1/keys``): 1-100 characters, none a control
+    character; longer would not fit PostgreSQL's column."""
+    if not 1 <= len(text) <= MAX_KEY_NAME or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise argparse.ArgumentTypeError(
+            f"a key name is 1-{MAX_KEY_NAME} characters, without control characters"
+        )
+    return text
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
