@@ -44,6 +44,9 @@ def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
 
 
 UNKNOWN_SESSION_TTL_S = 60.0
+# What a Stripe call the gateway does not translate may raise (a command line reports it in
+# one line); named here so that no other module imports the SDK.
+StripeCallError = stripe.StripeError
 
 
 def _domain_error(exc: stripe.StripeError, what: str) -> Exception:

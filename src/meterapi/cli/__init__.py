@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import stripe
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from meterapi import emulator_mode
+from meterapi.billing.gateway import StripeCallError
 from meterapi.cli import accounts, operations, serve
 from meterapi.config import ConfigError, Settings
 from meterapi.stripe_emulator import command as emulator_command
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. the database's server does not answer
         print(f"meterapi: {_first_line(exc)}", file=sys.stderr)
         return 1
-    except stripe.StripeError as exc:
+    except StripeCallError as exc:
         print(f"meterapi: the Stripe call failed: {_first_line(exc)}", file=sys.stderr)
         return 1
 
