@@ -4,14 +4,18 @@ backend under test, with the price read from the emulator through the real SDK."
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
 import pytest
 import stripe
+from sqlmodel import col, select
 
 from meterapi.config import Settings
+from meterapi.db import make_engine, make_sessionmaker, session_scope
 from meterapi.metering.limits import MAX_SPEND_CAP
+from meterapi.models import OutboundEvent
 from meterapi.stripe_emulator import EmulatorControl, EmulatorServer
 from tests.conftest import stripe_settings
 from tests.integration.admin_support import ADMIN, ADMIN_TOKEN, call_paid
@@ -253,3 +257,43 @@ async def test_concurrent_changes_all_answer_and_one_wins(
     )
     assert [a.status_code for a in answers] == [200] * len(amounts), [a.text for a in answers]
     assert (await _limits(client, payer.key))["monthly_spend_cap"]["amount"] in amounts
+
+
+async def _threshold_events(db_url: str, stripe_customer: str) -> list[int]:
+    engine = make_engine(db_url)
+    try:
+        async with session_scope(make_sessionmaker(engine)) as session:
+            rows = await session.exec(
+                select(OutboundEvent)
+                .where(OutboundEvent.type == "usage.threshold_reached")
+                .order_by(col(OutboundEvent.id))
+            )
+            payloads = [json.loads(row.payload)["data"] for row in rows.all()]
+    finally:
+        await engine.dispose()
+    return [p["threshold_percent"] for p in payloads if p["customer_id"] == stripe_customer]
+
+
+@pytest.mark.parametrize("who", ["customer", "operator"])
+async def test_a_cap_raised_at_once_after_reaching_it_still_announces_the_crossings(
+    client: httpx.AsyncClient, db_url: str, stripe_sdk: stripe.StripeClient, who: str
+) -> None:
+    # The background look comes up to a second after the usage; a cap raised within that
+    # second must not swallow the 50/80/100 % crossings that did happen under the old cap.
+    payer = await paying_customer(db_url, stripe_sdk)
+    assert (await _put(client, payer.key, {"monthly_spend_cap": {"amount": 2}})).is_success
+    for _ in range(10):  # 0.5 cents a unit, the spend rounded as an invoice line is
+        response = await client.get("/v1/data", headers=headers(payer.key))
+        if response.status_code != 200:
+            break
+    assert response.json()["error"]["code"] == "spend_cap_reached"
+    raise_cap = {"monthly_spend_cap": {"amount": 1000}}
+    if who == "customer":
+        raised = await _put(client, payer.key, raise_cap)
+    else:
+        raised = await client.put(
+            f"/admin/v1/customers/{payer.customer}/limits", headers=ADMIN, json=raise_cap
+        )
+    assert raised.status_code == 200, raised.text
+    assert await _threshold_events(db_url, payer.customer) == [50, 80, 100]
+    assert (await client.get("/v1/data", headers=headers(payer.key))).status_code == 200

@@ -134,6 +134,25 @@ async def test_the_only_active_key_cannot_be_revoked(
     assert (await client.get("/v1/data", headers=headers(key))).status_code == 200
 
 
+async def test_a_key_in_its_rotation_grace_does_not_count_as_another_active_key(
+    client: httpx.AsyncClient, seed: Seeder
+) -> None:
+    # The old key ends with its grace and may not manage keys: revoking its successor would
+    # leave the customer locked out within the hour, so the successor is the last active key.
+    _, old = await seed.customer_with_key()
+    [listed] = (await client.get("/v1/keys", headers=headers(old))).json()["data"]
+    rotated = (await client.post(f"/v1/keys/{listed['id']}/rotate", headers=headers(old))).json()
+    new = rotated["api_key"]
+    refused = await client.delete(f"/v1/keys/{rotated['key']['id']}", headers=headers(new))
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "last_active_key"
+    assert (await client.get("/v1/data", headers=headers(new))).status_code == 200
+    # The old key itself may be revoked early: the successor stays.
+    early = await client.delete(f"/v1/keys/{listed['id']}", headers=headers(new))
+    assert early.status_code == 204
+    assert (await client.get("/v1/data", headers=headers(old))).status_code == 401
+
+
 async def test_another_customers_key_is_not_found(client: httpx.AsyncClient, seed: Seeder) -> None:
     _, mine = await seed.customer_with_key()
     _, theirs = await seed.customer_with_key(stripe_customer_id="cus_beta")

@@ -56,6 +56,19 @@ async def test_wrong_method_has_the_error_shape(client: httpx.AsyncClient) -> No
     assert response.json()["error"]["code"] == "method_not_allowed"
 
 
+async def test_a_405_allows_every_method_the_path_serves(client: httpx.AsyncClient) -> None:
+    # GET and POST /v1/keys are two routes; Allow names both (RFC 9110), not the first's alone.
+    for method, path, allow in (
+        ("PATCH", "/v1/keys", "GET, POST"),
+        ("GET", "/v1/keys/key_x", "DELETE"),
+        ("DELETE", "/v1/limits", "GET, PUT"),
+        ("DELETE", "/healthz", "GET"),
+    ):
+        response = await client.request(method, path)
+        assert (response.status_code, response.headers["allow"]) == (405, allow), path
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 async def test_oversized_body_is_413(db_url: str) -> None:
     app = create_app(make_settings(db_url, max_body_bytes=16))
     async with app.router.lifespan_context(app):

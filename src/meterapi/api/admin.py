@@ -19,7 +19,7 @@ from meterapi.api.keys import KeyIdPath, KeyPublic, revoke_everywhere
 from meterapi.api.responses import ADMIN_REFUSED, Descriptions, Page, responses
 from meterapi.api.usage import UsageOut, usage_of
 from meterapi.keys import service as key_service
-from meterapi.metering import accounts, limits
+from meterapi.metering import accounts, alerts, limits
 from meterapi.metering.accounts import Account
 from meterapi.models import Customer, utcnow
 from meterapi.runtime import Runtime
@@ -188,6 +188,10 @@ async def put_limits(
     cap: limits.CapChange = limits.KEEP
     if "monthly_spend_cap" in given:
         cap = body.monthly_spend_cap.amount if body.monthly_spend_cap is not None else None
+        if priced:  # what the old cap's crossings owe, before the new cap replaces it
+            await alerts.fire_before_cap_change(
+                session, customer_id=customer.id, pricing=runtime.pricing
+            )
     await limits.set_limits(
         session, customer_id=customer.id, rate_limit=rate, monthly_spend_cap=cap
     )

@@ -18,7 +18,7 @@ from meterapi.api.bodies import RequestBody
 from meterapi.api.deps import CustomerDep, CustomerReadDep, RuntimeDep, SessionDep
 from meterapi.api.responses import KEY_REFUSED, KEY_ROTATED, responses
 from meterapi.errors import NotFound
-from meterapi.metering import limits
+from meterapi.metering import alerts, limits
 from meterapi.metering.limits import Limits, Money
 from meterapi.metering.usage import usage_totals
 from meterapi.models import Customer, utcnow
@@ -153,6 +153,10 @@ async def put_limits(
     priced = await price_known(runtime)
     customer = await _own_customer(session, caller.customer_id)
     cap = body.monthly_spend_cap
+    if priced:
+        await alerts.fire_before_cap_change(
+            session, customer_id=caller.customer_id, pricing=runtime.pricing
+        )
     await limits.set_limits(
         session,
         customer_id=caller.customer_id,

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
@@ -59,8 +60,32 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     return domain_error_response(exc)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str | None:
+    """Every method some route serves on this path (RFC 9110 §15.5.6), not only the first's.
+
+    Starlette's 405 names the methods of the first route whose path matches, so ``/v1/keys``
+    (``GET`` and ``POST``, two routes) would answer ``Allow: GET``.
+    """
+    path: str = request.scope["path"]
+    root_path: str = request.scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :] or "/"
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.router.routes):
+        regex = getattr(context, "path_regex", None)
+        if context.methods and regex is not None and regex.match(path):
+            methods.update(context.methods)
+    return ", ".join(sorted(methods)) or None
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allow = _allowed_methods(request)
+        if allow is not None:
+            headers = {**(exc.headers or {}), "Allow": allow}
+            message = exc.detail if isinstance(exc.detail, str) else "Method Not Allowed"
+            return error_response(405, "method_not_allowed", message, headers)
     if exc.status_code == 400:
         # The framework's own 400s all mean a body it could not parse (bytes that are not
         # UTF-8 JSON, say): malformed input, which CONTRACT §3 answers with validation_error.

@@ -147,7 +147,9 @@ async def revoke(
 ) -> ApiKey:
     """Revoke now (idempotent). ``customer_id=None`` is the operator's reach over every key.
 
-    Refuses the customer's only usable key with ``LastActiveKey`` unless ``allow_last``.
+    Refuses the customer's only usable key with ``LastActiveKey`` unless ``allow_last``. A
+    rotated key in its grace period does not count as another: it cannot manage keys and ends
+    with its grace, so revoking its successor would leave the customer with no key at all.
     """
     now = now or utcnow()
     key = await _key(session, key_id=key_id, customer_id=customer_id)
@@ -163,6 +165,7 @@ async def revoke(
                 ApiKey.customer_id == key.customer_id,
                 ApiKey.id != key.id,
                 col(ApiKey.revoked_at).is_(None),
+                col(ApiKey.rotated_at).is_(None),
                 (col(ApiKey.expires_at).is_(None)) | (col(ApiKey.expires_at) > now),
             )
         )

@@ -108,6 +108,21 @@ async def fire_due(
     return due
 
 
+async def fire_before_cap_change(
+    session: AsyncSession, *, customer_id: int, pricing: Pricing
+) -> None:
+    """Fire, under the cap still stored, what the usage so far has reached, before a new cap
+    replaces it. The background look comes up to a second after the usage: a cap raised within
+    that second (a customer who hit 402 and raised it at once) would otherwise swallow the
+    alerts of a crossing that happened. A savepoint: another process firing the same alert
+    first (the primary key) leaves the caller's change alone."""
+    try:
+        async with session.begin_nested():
+            await fire_due(session, customer_id=customer_id, pricing=pricing)
+    except IntegrityError:
+        pass  # fired elsewhere
+
+
 async def _fired(session: AsyncSession, customer_id: int, period: Period) -> set[int]:
     query = select(col(SpendAlert.threshold_percent)).where(
         SpendAlert.customer_id == customer_id, SpendAlert.period_start == period.start
