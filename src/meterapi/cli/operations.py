@@ -16,7 +16,7 @@ from meterapi.config import Settings
 from meterapi.db import make_sessionmaker
 from meterapi.errors import DomainError, ValidationFailed
 from meterapi.keys import service as key_service
-from meterapi.metering import limits, reconcile_report
+from meterapi.metering import alerts, limits, reconcile_report
 from meterapi.metering.reconcile import Drift, Reconciler
 from meterapi.outbound import outbox
 
@@ -119,15 +119,28 @@ def _limits_set(args: argparse.Namespace, settings: Settings) -> int:
         return int(value)
 
     async def apply() -> str:
-        async with command_session(settings) as session:
-            customer = await key_service.find_customer(session, stripe_customer_id=args.customer)
-            assert customer.id is not None
-            row = await limits.set_limits(
-                session,
-                customer_id=customer.id,
-                rate_limit=rate(args.rate),
-                monthly_spend_cap=cap(args.spend_cap),
-            )
+        new_cap = cap(args.spend_cap)
+        gateway = StripeGateway(settings)
+        try:
+            async with command_session(settings) as session:
+                customer = await key_service.find_customer(
+                    session, stripe_customer_id=args.customer
+                )
+                assert customer.id is not None
+                if new_cap is not limits.KEEP:  # as the limits routes do (metering.alerts)
+                    await alerts.fire_before_cap_change(
+                        session,
+                        customer_id=customer.id,
+                        pricing=limits.Pricing(gateway, settings.stripe_price_id),
+                    )
+                row = await limits.set_limits(
+                    session,
+                    customer_id=customer.id,
+                    rate_limit=rate(args.rate),
+                    monthly_spend_cap=new_cap,
+                )
+        finally:
+            await gateway.close()
         shown_rate = (row.rate_limit or "none") if row.rate_limit_set else "default"
         shown_cap = "none" if row.monthly_spend_cap is None else str(row.monthly_spend_cap)
         return f"{args.customer}: rate limit {shown_rate}, monthly spend cap {shown_cap}"
