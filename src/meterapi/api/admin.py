@@ -188,12 +188,12 @@ async def put_limits(
     cap: limits.CapChange = limits.KEEP
     if "monthly_spend_cap" in given:
         cap = body.monthly_spend_cap.amount if body.monthly_spend_cap is not None else None
-        if priced:  # what the old cap's crossings owe, before the new cap replaces it
-            await alerts.fire_before_cap_change(
-                session, customer_id=customer.id, pricing=runtime.pricing
-            )
-    await limits.set_limits(
-        session, customer_id=customer.id, rate_limit=rate, monthly_spend_cap=cap
+    await alerts.change_limits(
+        session,
+        customer_id=customer.id,
+        rate_limit=rate,
+        monthly_spend_cap=cap,
+        pricing=runtime.pricing if priced else None,
     )
     return await limits_of(customer, session=session, runtime=runtime, priced=priced)
 

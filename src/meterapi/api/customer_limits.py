@@ -153,14 +153,11 @@ async def put_limits(
     priced = await price_known(runtime)
     customer = await _own_customer(session, caller.customer_id)
     cap = body.monthly_spend_cap
-    if priced:
-        await alerts.fire_before_cap_change(
-            session, customer_id=caller.customer_id, pricing=runtime.pricing
-        )
-    await limits.set_limits(
+    await alerts.change_limits(
         session,
         customer_id=caller.customer_id,
         monthly_spend_cap=cap.amount if cap is not None else None,
+        pricing=runtime.pricing if priced else None,
     )
     found, spent = await read_limits(customer, session=session, runtime=runtime, priced=priced)
     return CustomerLimitsOut.of(found, spent, can_change=True)

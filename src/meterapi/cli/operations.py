@@ -127,17 +127,12 @@ def _limits_set(args: argparse.Namespace, settings: Settings) -> int:
                     session, stripe_customer_id=args.customer
                 )
                 assert customer.id is not None
-                if new_cap is not limits.KEEP:  # as the limits routes do (metering.alerts)
-                    await alerts.fire_before_cap_change(
-                        session,
-                        customer_id=customer.id,
-                        pricing=limits.Pricing(gateway, settings.stripe_price_id),
-                    )
-                row = await limits.set_limits(
+                row = await alerts.change_limits(
                     session,
                     customer_id=customer.id,
                     rate_limit=rate(args.rate),
                     monthly_spend_cap=new_cap,
+                    pricing=limits.Pricing(gateway, settings.stripe_price_id),
                 )
         finally:
             await gateway.close()

@@ -26,7 +26,15 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from meterapi.db import Sessionmaker
-from meterapi.metering.limits import ALERT_THRESHOLDS, Money, Pricing
+from meterapi.metering.limits import (
+    ALERT_THRESHOLDS,
+    KEEP,
+    CapChange,
+    Money,
+    Pricing,
+    RateChange,
+    set_limits,
+)
 from meterapi.metering.limits_cache import LimitsCache
 from meterapi.metering.spend import SpendGuard
 from meterapi.metering.usage import Period, current_period, usage_totals
@@ -108,14 +116,36 @@ async def fire_due(
     return due
 
 
-async def fire_before_cap_change(
+async def change_limits(
+    session: AsyncSession,
+    *,
+    customer_id: int,
+    rate_limit: RateChange = KEEP,
+    monthly_spend_cap: CapChange = KEEP,
+    pricing: Pricing | None,
+) -> CustomerLimit:
+    """``limits.set_limits``, but a new cap first fires, under the cap still stored, what the
+    usage so far has reached (``pricing`` None: the price is unknown, so nothing can be fired).
+
+    The background look comes up to a second after the usage: a cap raised within that second
+    (a customer who hit 402 and raised it at once) would otherwise swallow the alerts of a
+    crossing that happened. The limits routes and ``meterapi limits set`` all change limits
+    through here."""
+    if pricing is not None and monthly_spend_cap is not KEEP:
+        await _fire_before_cap_change(session, customer_id=customer_id, pricing=pricing)
+    return await set_limits(
+        session,
+        customer_id=customer_id,
+        rate_limit=rate_limit,
+        monthly_spend_cap=monthly_spend_cap,
+    )
+
+
+async def _fire_before_cap_change(
     session: AsyncSession, *, customer_id: int, pricing: Pricing
 ) -> None:
-    """Fire, under the cap still stored, what the usage so far has reached, before a new cap
-    replaces it. The background look comes up to a second after the usage: a cap raised within
-    that second (a customer who hit 402 and raised it at once) would otherwise swallow the
-    alerts of a crossing that happened. A savepoint: another process firing the same alert
-    first (the primary key) leaves the caller's change alone."""
+    """A savepoint: another process firing the same alert first (the primary key) leaves the
+    caller's change alone."""
     try:
         async with session.begin_nested():
             await fire_due(session, customer_id=customer_id, pricing=pricing)
