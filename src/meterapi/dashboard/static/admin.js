@@ -84,15 +84,20 @@ function button(label, onClick, extra = "") {
 const column = (header, text, className) => ({ header, text, className });
 const actions = (buttons) => ({ header: "Actions", text: () => "", className: "actions", buttons });
 
-// The header row of a table, from the same columns its rows are filled with.
-function addHeader(table) {
-  const header = $(table.body).closest("table").createTHead().insertRow();
+// A table, in the page's `<div data-table="name">`: a header row from the same columns its rows
+// are filled with, and an empty body (id `table.body`) for `fillRows`.
+function addTable(name, table) {
+  const element = document.createElement("table");
+  element.className = "keys";
+  const header = element.createTHead().insertRow();
   for (const { header: text } of table.columns) {
     const th = document.createElement("th");
     th.scope = "col";
     th.textContent = text;
     header.append(th);
   }
+  element.createTBody().id = table.body;
+  document.querySelector(`[data-table="${name}"]`).append(element);
 }
 
 // One row per item in the table's body, after the rows already there when `append`; `table.row`
@@ -132,7 +137,8 @@ function money(m) {
 
 // -- the tables -------------------------------------------------------------------------------
 
-// Every table of the page: the tbody it fills, its columns, what it says when empty.
+// Every table of the page, by the name its div gives: its tbody's id, its columns, what it says
+// when empty.
 const TABLES = {
   customers: {
     body: "customers-body",
@@ -353,7 +359,7 @@ function guarded(work) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const table of Object.values(TABLES)) addHeader(table);
+  for (const [name, table] of Object.entries(TABLES)) addTable(name, table);
   $("sign-in-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const token = $("admin-token").value.trim();
