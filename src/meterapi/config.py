@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(default=1.0, gt=0, le=1)
     # `meterapi serve` only: tune the process's garbage collector once the service has started.
     gc_tuning: bool = True
+    # `meterapi serve` only: the interpreter's thread switch interval (Python's default: 0.005).
+    switch_interval_s: float = Field(default=0.0002, gt=0, le=0.1)
 
     @field_validator("cors_origins", "routers", "trusted_proxies", mode="before")
     @classmethod

@@ -116,27 +116,34 @@ def _shared_metrics(workers: int) -> Iterator[None]:
 
 def create_served_app() -> FastAPI:
     """The app as ``meterapi serve`` runs it in each worker process: ``create_app`` with the
-    settings of the environment, and the process's collector tuned once the service has started
-    (``METERAPI_GC_TUNING``)."""
+    settings of the environment, and the process tuned once the service has started: its
+    garbage collector (``METERAPI_GC_TUNING``) and its thread switch interval
+    (``METERAPI_SWITCH_INTERVAL_S``)."""
     settings = Settings()
     app = create_app(settings)
-    if settings.gc_tuning:
-        tune_gc_once_started(app)
+    tune_process_once_started(app, settings)
     return app
 
 
-def tune_gc_once_started(app: FastAPI) -> None:
-    """Once ``app`` has started, tune this process's garbage collector, for the process's life.
+def tune_process_once_started(app: FastAPI, settings: Settings) -> None:
+    """Once ``app`` has started, tune this process for serving, for the process's life.
 
     Process-wide, so the serving process's entrypoint does it, never ``create_app``: two apps
-    in one process (tests, an embedding program) would otherwise change each other's collector.
+    in one process (tests, an embedding program) would otherwise change each other's process.
     """
     started = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
         async with started(app_) as state:
-            _tune_gc()
+            if settings.gc_tuning:
+                _tune_gc()
+            # How long a thread that wants the interpreter waits for the event loop's thread to
+            # hand it over. On SQLite each ledger commit runs on the driver's thread, which
+            # needs the interpreter twice per commit (to start the statement and to hand back
+            # its result); with Python's 5 ms the commit waited for the event loop to run out
+            # of work, so it never overlapped with serving (docs/performance.md).
+            sys.setswitchinterval(settings.switch_interval_s)
             yield state
 
     app.router.lifespan_context = lifespan
