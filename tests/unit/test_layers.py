@@ -289,27 +289,34 @@ def test_the_backend_checker_sees_a_hand_written_check(tmp_path: Path) -> None:
     ]
 
 
-def _gc_calls(path: Path) -> list[str]:
+# The process-wide tuning calls: the collector's, and the interpreter's thread switch interval.
+_TUNING = {"gc": None, "sys": {"setswitchinterval"}}
+
+
+def _tuning_calls(path: Path) -> list[str]:
     return [
-        f"{path.name}:{node.lineno} calls gc.{node.func.attr}"
+        f"{path.name}:{node.lineno} calls {node.func.value.id}.{node.func.attr}"
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Name)
-        and node.func.value.id == "gc"
+        and node.func.value.id in _TUNING
+        and (_TUNING[node.func.value.id] or {node.func.attr}) >= {node.func.attr}
     ]
 
 
-def test_only_the_serving_process_entrypoint_tunes_the_collector() -> None:
+def test_only_the_serving_process_entrypoint_tunes_the_process() -> None:
     # Process-wide state: an app factory that changed it would change every app in the process.
     wrong = [
         found
         for name, path in _modules()
         if name != "meterapi.cli.serve"
-        for found in _gc_calls(path)
+        for found in _tuning_calls(path)
     ]
     assert wrong == []
-    assert _gc_calls(SRC / "cli" / "serve.py") != []  # the checker sees the calls that exist
+    # The checker sees the calls that exist, of both kinds.
+    seen = {call.split(" calls ")[1] for call in _tuning_calls(SRC / "cli" / "serve.py")}
+    assert {"gc.freeze", "sys.setswitchinterval"} <= seen
 
 
 def _commits(path: Path) -> list[str]:
