@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,3 +212,11 @@ def test_addresses_that_are_http_urls_are_kept() -> None:
     assert s.public_url == "https://api.example.com"
     assert s.upstream_url == "http://upstream.internal:8080/v2"
     assert s.cors_origins == ["https://app.example", "http://localhost:3000", "*"]
+
+
+def test_the_example_environment_file_lists_every_setting() -> None:
+    # The README sends operators to .env.example for "every variable".
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    listed = set(re.findall(r"^#? ?METERAPI_([A-Z0-9_]+)=", example, flags=re.MULTILINE))
+    assert {name.upper() for name in Settings.model_fields} - listed == set()
+    assert listed - {name.upper() for name in Settings.model_fields} == set()
