@@ -20,7 +20,8 @@ One run, in order:
 6. the tutorial-style app (``bench/tutorial_app.py``) with 150 ms added to every Stripe call.
 
 ``--quick`` keeps only step 3 (and 5). ``--scale`` instead compares one worker, ``--workers 2``
-and two replicas on one database, with the CPU per request of two workers against one.
+and two replicas on one database, with the CPU per request of two workers against one worker:
+driven by the same connections, and by the connections each of the two gets.
 """
 
 from __future__ import annotations
@@ -475,25 +476,34 @@ def measure_tutorial(stack: Stack, args: argparse.Namespace, say: Callable[[str]
 
 
 def run_scale(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]) -> bool:
-    layouts = [("1 worker", 1, 1), ("--workers 2", 2, 1)]
+    half = max(args.connections // 2, 1)
+    # (label, workers, replicas, connections). The last layout is one worker driven by as many
+    # connections as each of two workers gets: at saturation the ledger's batches follow the
+    # connections a worker has, so against it two workers show what grows with the workers
+    # alone, apart from what smaller batches cost.
+    layouts = [("1 worker", 1, 1, args.connections), ("--workers 2", 2, 1, args.connections)]
     if not args.quick:
-        layouts.append(("2 replicas", 1, 2))
+        layouts.append(("2 replicas", 1, 2, args.connections))
+    layouts.append((f"1 worker, {half} connections", 1, 1, half))
     rows: list[tuple[str, Figures, list[Totals]]] = []
-    for label, workers, replicas in layouts:
+    for label, workers, replicas, connections in layouts:
         load, exact = new_customers(stack, label, args.tool)
         services = [
-            stack.start_service(f"meterapi-{label.replace(' ', '')}-{i}", workers=workers)
+            stack.start_service(
+                f"meterapi-{label.replace(' ', '').replace(',', '')}-{i}", workers=workers
+            )
             for i in range(replicas)
         ]
         config = Config(label, services, load, exact, stack.database_pids())
-        figures = measure(config, args, malformed=False, say=say)
+        figures = measure(config, argparse.Namespace(**{**vars(args), "connections": connections}),
+                          malformed=False, say=say)  # fmt: skip
         rows.append((label, figures, settle(stack, config)))
 
     print()
     print(
         f"meterapi on several processes — {args.tool}, {args.connections} connections (split "
-        f"evenly between replicas), {args.seconds:g} s per measurement, {args.rounds} rounds; "
-        f"{database_name(args)}"
+        f"evenly between replicas) unless said, {args.seconds:g} s per measurement, "
+        f"{args.rounds} rounds; {database_name(args)}"
     )
     print(f"  machine: {args.machine}")
     ok = True
@@ -519,12 +529,17 @@ def run_scale(stack: Stack, args: argparse.Namespace, say: Callable[[str], None]
         for t in totals:
             print(t.line())
             ok &= t.exact
-    one, two = rows[0][1], rows[1][1]
+    one, two, one_half = rows[0][1], rows[1][1], rows[-1][1]
     print()
     print(
         "CPU per request, --workers 2 against 1 worker (target ≤ 1.1x: no contention that grows "
         f"with workers): /healthz {two.bare.cpu_us / one.bare.cpu_us:.2f}x, "
         f"/v1/data {two.metered.cpu_us / one.metered.cpu_us:.2f}x"
+    )
+    print(
+        f"  the same against 1 worker with {half} connections (each of the two workers' share): "
+        f"/healthz {two.bare.cpu_us / one_half.bare.cpu_us:.2f}x, "
+        f"/v1/data {two.metered.cpu_us / one_half.metered.cpu_us:.2f}x"
     )
     return ok
 
